@@ -1,0 +1,87 @@
+"""Document URL safety: which doc_urls a job may fetch (gateway check, re-checked by the worker)."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+MAX_URL_LENGTH = 4096
+
+
+class URLRefused(ValueError):
+    """Raised when a URL may not be fetched; the message says why, without echoing secrets."""
+
+
+def check_doc_url(url: str, *, file_roots: list[str], allow_private: bool, resolve: bool = False) -> str:
+    """Return the URL's kind ("http" or "file") when it may be fetched.
+
+    Args:
+        url: the untrusted document URL.
+        file_roots: directories under which file:// paths are allowed.
+        allow_private: allow loopback/private/link-local hosts.
+        resolve: also resolve the host name and check every address (the worker does; the
+            gateway only checks literal addresses so that submit never waits on DNS).
+
+    Raises:
+        URLRefused: the URL is malformed, of another scheme, outside the roots or private.
+    """
+    if not url or len(url) > MAX_URL_LENGTH:
+        raise URLRefused("must be a URL of at most 4096 characters")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        local_path(url, file_roots)
+        return "file"
+    if scheme not in ("http", "https"):
+        raise URLRefused(f"scheme {scheme or '(none)'!r} is not allowed; use http, https or an allowed file://")
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise URLRefused("the host or port is malformed") from None
+    if not host:
+        raise URLRefused("has no host")
+    if parts.username or parts.password:
+        raise URLRefused("credentials in the URL are not accepted")
+    if not allow_private:
+        check_host(host, resolve=resolve)
+    return "http"
+
+
+def check_host(host: str, *, resolve: bool) -> None:
+    """Refuse hosts that are, or resolve to, non-public addresses."""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        raise URLRefused("loopback hosts are not allowed (SG_ALLOW_PRIVATE_URLS is false)")
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        if not resolve:
+            return
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except socket.gaierror:
+            raise URLRefused(f"host {host!r} does not resolve") from None
+        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    for address in addresses:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not address.is_global or address.is_multicast:
+            raise URLRefused(f"host {host!r} is a private, loopback or link-local address "
+                             "(SG_ALLOW_PRIVATE_URLS is false)")
+
+
+def local_path(url: str, file_roots: list[str]) -> Path:
+    """Return the real path of a file:// URL that lies under one of ``file_roots``."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise URLRefused("file:// URLs must not name a host")
+    if not file_roots:
+        raise URLRefused("file:// URLs are not allowed here (SG_FILE_ROOTS is empty)")
+    path = Path(os.path.realpath(unquote(parts.path)))
+    for root in file_roots:
+        real_root = Path(os.path.realpath(root))
+        if path == real_root or real_root in path.parents:
+            return path
+    raise URLRefused("file:// path is outside the allowed roots (SG_FILE_ROOTS)")

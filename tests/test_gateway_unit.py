@@ -1,0 +1,107 @@
+"""The gateway's HTTP contract through Flask's test client: errors, auth, validation, 503s."""
+from __future__ import annotations
+
+import time
+
+import jwt as pyjwt
+import pytest
+
+from service_gateway import create_app
+from service_gateway.errors import CODES
+from tests.conftest import JWT_SECRET
+
+SHAPE = {"status", "code", "error", "description"}
+
+
+def assert_error(response, status: int, code: int) -> dict:
+    body = response.get_json()
+    assert response.status_code == status, body
+    assert set(body) == SHAPE and body["status"] == status and body["code"] == code
+    assert body["error"] == CODES[code][1] and body["description"]
+    return body
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/no/such/route/here", 404, 201),
+    ("PUT", "/health", 405, 205),
+    ("GET", "/transcode/annotate", 405, 205),
+])
+def test_flask_errors_use_the_json_shape(client, method, path, status, code):
+    assert_error(client.open(path, method=method), status, code)
+
+
+def test_oversized_body_is_413(app, client, auth):
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    response = client.post("/probe/process", data="x" * 5000, headers=auth.headers(),
+                           content_type="application/json")
+    assert_error(response, 413, 209)
+
+
+def test_unexpected_error_is_500_in_the_shape_without_a_traceback(app, client):
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+    body = assert_error(client.get("/boom"), 500, 100)
+    assert "secret" not in body["description"]
+
+
+def test_bearer_and_bare_tokens_are_accepted(client, auth):
+    assert client.get("/jobs", headers=auth.headers()).status_code == 200
+    assert client.get("/jobs", headers=auth.headers(bare=True)).status_code == 200
+
+
+def test_each_auth_failure_has_its_own_answer(client, auth):
+    missing = assert_error(client.get("/jobs"), 401, 220)
+    malformed = assert_error(client.get("/jobs", headers={"Authorization": "Bearer not-a-jwt"}), 401, 221)
+    wrong_key = pyjwt.encode({"sub": "eve", "exp": time.time() + 60, "type": "access"}, "x" * 40, "HS256")
+    signature = assert_error(client.get("/jobs", headers={"Authorization": f"Bearer {wrong_key}"}), 401, 221)
+    expired = assert_error(client.get("/jobs", headers=auth.headers(expires_in_s=-10)), 401, 222)
+    none_alg = pyjwt.encode({"sub": "eve", "exp": time.time() + 60, "type": "access"}, None, "none")
+    assert_error(client.get("/jobs", headers={"Authorization": f"Bearer {none_alg}"}), 401, 221)
+    descriptions = [missing["description"], malformed["description"], signature["description"],
+                    expired["description"]]
+    assert len(set(descriptions)) == 4
+    assert "signature" in signature["description"] and "request a new token" in expired["description"]
+
+
+@pytest.mark.parametrize(("body", "code", "field"), [
+    ({"params": {}}, 206, "doc_url"),
+    ({"doc_url": "ftp://example.com/a.mp4"}, 207, "scheme"),
+    ({"doc_url": "http://169.254.169.254/latest/meta-data"}, 207, "private"),
+    ({"doc_url": "http://127.0.0.1/a.mp4"}, 207, "private"),
+    ({"doc_url": "file:///etc/passwd"}, 207, "SG_FILE_ROOTS"),
+    ({"doc_url": "https://example.com/a.mp4", "params": {"height": "tall"}}, 204, "height"),
+    ({"doc_url": "https://example.com/a.mp4", "params": {"preset": "mp4-999p"}}, 204, "preset"),
+    ({"doc_url": "https://example.com/a.mp4", "params": {"heigth": 360}}, 204, "heigth"),
+    ({"doc_url": "https://example.com/a.mp4", "params": {"start": 5, "end": 2}}, 204, "end"),
+    ({"doc_url": "https://example.com/a.mp4", "params": {"container": "wav", "audio_codec": "aac"}}, 204,
+     "audio_codec"),
+    ({"doc_url": "https://example.com/a.mp4", "extra": 1}, 204, "extra"),
+    ({"doc_url": "https://example.com/a.mp4", "params": []}, 204, "params"),
+])
+def test_bad_submissions_are_refused_and_change_nothing(app, client, auth, body, code, field):
+    response = client.post("/transcode/process", json=body, headers=auth.headers())
+    error = assert_error(response, 400, code)
+    assert field in error["description"]
+    assert app.extensions["service_gateway"].store.list(owner="alice")[0] == []
+
+
+def test_non_json_process_body_is_400(client, auth):
+    response = client.post("/transcode/process", data="{not json", headers=auth.headers(),
+                           content_type="application/json")
+    assert_error(response, 400, 200)
+
+
+def test_unreachable_broker_is_503_with_retry_after_and_leaves_no_job(tmp_path, auth):
+    # Given a gateway whose RabbitMQ is not listening
+    app = create_app({"data_dir": str(tmp_path), "jwt_secret": JWT_SECRET, "log_format": "text",
+                      "broker_url": "amqp://guest:guest@127.0.0.1:1//", "publish_timeout_s": 1})
+    client = app.test_client()
+    # When a valid job is submitted
+    response = client.post("/probe/process", json={"doc_url": "https://example.com/a.mp4"}, headers=auth.headers())
+    # Then the answer is 503 with Retry-After, and the job store has no trace of it
+    assert_error(response, 503, 400)
+    assert response.headers["Retry-After"] == "5"
+    assert app.extensions["service_gateway"].store.list(owner="alice")[0] == []
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.get_json()["checks"]["broker"] == "unreachable"

@@ -1,0 +1,84 @@
+"""Fetch a job's document into its private temp dir, under the URL safety rules."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+from service_gateway.errors import JobError
+from service_gateway.settings import Settings
+from service_gateway.urls import URLRefused, check_doc_url, local_path
+
+MAX_REDIRECTS = 5
+#: HTTP answers of a media server that say "try again later"; any other non-200 is final.
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+CHUNK_BYTES = 1024 * 1024
+_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+def fetch(url: str, dest_dir: Path, settings: Settings, check_cancelled=lambda: None) -> Path:
+    """Return a local path of the document at ``url``.
+
+    file:// URLs under SG_FILE_ROOTS are used in place; http(s) documents are streamed to
+    ``dest_dir`` with timeouts and a size limit, each redirect re-checked.
+
+    Raises:
+        JobError: 207 when the URL is refused, 301 when the download fails.
+    """
+    try:
+        kind = check_doc_url(url, file_roots=settings.file_roots,
+                             allow_private=settings.allow_private_urls, resolve=True)
+        if kind == "file":
+            path = local_path(url, settings.file_roots)
+            if not path.is_file():
+                raise JobError(301, f"no such file: {Path(urlsplit(url).path).name}")
+            return path
+    except URLRefused as exc:
+        raise JobError(207, f"doc_url {exc}") from None
+    return _download(url, dest_dir, settings, check_cancelled)
+
+
+def _download(url: str, dest_dir: Path, settings: Settings, check_cancelled) -> Path:
+    import requests
+
+    suffix = Path(urlsplit(url).path).suffix
+    dest = dest_dir / ("input" + (suffix if _SUFFIX.match(suffix) else ""))
+    timeout = (settings.download_timeout_s, settings.download_timeout_s)
+    limit = settings.download_max_bytes
+    with requests.Session() as session:
+        session.trust_env = False
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = session.get(current, stream=True, timeout=timeout, allow_redirects=False)
+            except requests.RequestException as exc:
+                # Timeouts and refused or reset connections may pass: the job is retried later.
+                raise JobError(301, f"download failed: {exc.__class__.__name__}", transient=True) from None
+            with response:
+                if response.is_redirect:
+                    current = urljoin(current, response.headers.get("Location", ""))
+                    try:
+                        check_doc_url(current, file_roots=[], allow_private=settings.allow_private_urls,
+                                      resolve=True)
+                    except URLRefused as exc:
+                        raise JobError(207, f"redirect refused: {exc}") from None
+                    continue
+                if response.status_code != 200:
+                    raise JobError(301, f"download failed: HTTP {response.status_code}",
+                                   transient=response.status_code in TRANSIENT_STATUSES)
+                declared = int(response.headers.get("Content-Length") or 0)
+                if declared > limit:
+                    raise JobError(301, f"document is {declared} bytes, more than the {limit} allowed")
+                size = 0
+                try:
+                    with dest.open("wb") as fh:
+                        for chunk in response.iter_content(CHUNK_BYTES):
+                            size += len(chunk)
+                            if size > limit:
+                                raise JobError(301, f"document is larger than the {limit} bytes allowed")
+                            fh.write(chunk)
+                            check_cancelled()
+                except requests.RequestException as exc:
+                    raise JobError(301, f"download interrupted: {exc.__class__.__name__}", transient=True) from None
+                return dest
+        raise JobError(301, f"more than {MAX_REDIRECTS} redirects")

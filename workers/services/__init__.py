@@ -1,0 +1,1 @@
+"""First-party services, one module each (declaration at module level, heavy imports inside)."""
