@@ -16,6 +16,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     try:
         settings = load_settings(test_config)
         rt = Runtime(settings)
+        rt.pipelines        # the settings file's [pipelines.<name>] are checked now, naming the culprit
         app = _make_app(rt)
     except SettingsError as exc:
         if test_config is not None:

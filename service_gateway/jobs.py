@@ -16,6 +16,7 @@ from .logs import current_request_id
 from .metrics import JOBS_SUBMITTED
 from .quotas import add_job_within_quotas
 from .runtime import Runtime
+from .pipelines import PipelineSpec
 from .services import ParameterError, ServiceSpec
 from .status import RETRYING, JobStatus
 from .store import Job
@@ -46,10 +47,13 @@ except ImportError:  # pragma: no cover
 
 
 def get_service(rt: Runtime, name: str) -> ServiceSpec:
-    try:
-        return rt.services[name]
-    except KeyError:
-        raise APIError(202, f"unknown service {name!r}; GET /services lists the services") from None
+    """The service or pipeline named ``name``; 404 (code 202) when there is none."""
+    spec = rt.services.get(name)
+    if spec is None and name:
+        spec = rt.pipelines.get(name)
+    if spec is None:
+        raise APIError(202, f"unknown service {name!r}; GET /services lists the services and pipelines")
+    return spec
 
 
 def submit(rt: Runtime, identity: Identity, spec: ServiceSpec, *, doc_url: str | None,
@@ -87,6 +91,12 @@ def submit(rt: Runtime, identity: Identity, spec: ServiceSpec, *, doc_url: str |
     row = dict(uuid=job_id, owner=identity.subject, service=spec.name, queue=spec.queue,
                status=JobStatus.PENDING.value, doc_url=doc_url, params=params, misc=misc, ann_doc_id=ann_doc_id,
                callback_url=callback_url, progress=0, cancel_requested=False)
+    is_pipeline = isinstance(spec, PipelineSpec)
+    if is_pipeline:
+        if ann_doc_id:
+            raise APIError(204, "ann_doc_id: a pipeline's steps are not stored as annotations; submit the "
+                                "service itself with ann_doc_id")
+        row["pipeline"] = spec.snapshot(params)
     idem = None
     if idempotency_key is not None:
         idem = (_check_idempotency_key(idempotency_key), request_hash(row), settings.idempotency_ttl_s)
@@ -95,7 +105,11 @@ def submit(rt: Runtime, identity: Identity, spec: ServiceSpec, *, doc_url: str |
         log.info("Idempotency-Key seen before: same job returned", extra={"job_id": recorded})
         return recorded
     try:
-        publish(rt, row)
+        if is_pipeline:
+            from .pipelines import start
+            start(rt, Job(**{**row, "created_at": None}))
+        else:
+            publish(rt, row)
     except Unavailable:
         try:
             rt.store.remove(job_id)
@@ -109,10 +123,18 @@ def submit(rt: Runtime, identity: Identity, spec: ServiceSpec, *, doc_url: str |
 
 def task_payload(job: Job | dict[str, Any]) -> dict[str, Any]:
     """The task's one argument: plain JSON rebuilt from the job record (submit, retry and requeue alike)."""
-    get = job.get if isinstance(job, dict) else lambda k: getattr(job, k)
-    return {"job_id": get("uuid"), "service": get("service"), "doc_url": get("doc_url"),
-            "params": get("params") or {}, "misc": get("misc") or {}, "ann_doc_id": get("ann_doc_id"),
-            "callback_url": get("callback_url"), "request_id": current_request_id.get()}
+    get = job.get if isinstance(job, dict) else lambda k: getattr(job, k, None)
+    payload = {"job_id": get("uuid"), "service": get("service"), "doc_url": get("doc_url"),
+               "params": get("params") or {}, "misc": get("misc") or {}, "ann_doc_id": get("ann_doc_id"),
+               "callback_url": get("callback_url"), "request_id": current_request_id.get()}
+    parent = get("parent_uuid")
+    if parent:
+        # A pipeline's step: which pipeline to advance when it ends, and the earlier output it reads.
+        # Only rows the pipeline made have a parent, so a client's misc can never name an input.
+        payload["pipeline"] = parent
+        if payload["misc"].get("input"):
+            payload["input"] = payload["misc"]["input"]
+    return payload
 
 
 def publish(rt: Runtime, job: Job | dict[str, Any], countdown_s: float | None = None) -> None:
@@ -156,7 +178,8 @@ def find_job(rt: Runtime, identity: Identity, job_id: str | None, service: str |
     job = rt.store.get(job_id) if _looks_like_uuid(job_id) else None
     if job is None or (job.owner != identity.subject and not identity.admin) or (service and job.service != service):
         raise APIError(203, f"no job {job_id!r} is visible to this token")
-    identity.require(job.service)
+    # A pipeline's step is the pipeline's: its scope is the pipeline's
+    identity.require((job.misc or {}).get("pipeline", job.service) if job.parent_uuid else job.service)
     return job
 
 
@@ -181,6 +204,10 @@ def status(rt: Runtime, job: Job, url_root: str) -> dict[str, Any]:
     body: dict[str, Any] = {"uuid": job.uuid, "status": state.value, "progress": job.progress, "result": None}
     if state in (JobStatus.FAILURE, JobStatus.REVOKED):
         body["result"] = {"code": job.error_code, "message": job.error_message}
+        return body
+    if job.pipeline and job.finished_at is None:
+        from .pipelines import running_status
+        body.update(running_status(rt, job, read_meta))
         return body
     meta = read_meta(rt, job.uuid)
     backend_state = meta.get("status", "PENDING")
@@ -256,6 +283,11 @@ def cancel(rt: Runtime, job: Job) -> Job:
     """Ask for the job to stop; a queued job is REVOKED now, a running one within ~1 s."""
     if JobStatus(job.status).is_finished():
         raise APIError(210, f"job {job.uuid} has already finished with status {job.status}")
+    if job.pipeline:
+        from .pipelines import cancel as cancel_pipeline
+        cancel_pipeline(rt, job)
+        log.info("pipeline cancelled", extra={"job_id": job.uuid})
+        return rt.store.get(job.uuid) or job
     rt.store.request_cancel(job.uuid)
     log.info("cancel requested", extra={"job_id": job.uuid})
     job = rt.store.get(job.uuid) or job

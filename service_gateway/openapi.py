@@ -123,6 +123,16 @@ SCOPES_SCHEMA: Schema = {"type": "array", "items": STR,
                          "description": "Service names, `*` (every service) or `admin`."}
 
 
+PIPELINE_STEP = _obj(["service"], service=STR, name=STR, params=JSON_OBJECT,
+                     input={"type": "string", "description": "auto, doc, <step> or <step>/<output name>."},
+                     weight={"type": "number"})
+PIPELINE_BODY = _obj(["steps"], name=STR, description=STR, steps={
+    "type": "array", "minItems": 1, "description": "Stages in order: a step, or {\"parallel\": [step, ...]}.",
+    "items": {"anyOf": [PIPELINE_STEP, _obj(["parallel"], parallel={"type": "array", "items": PIPELINE_STEP})]}})
+PIPELINE_SCHEMA = _obj(["name", "description", "steps", "source"], name=STR, description=STR, source={
+    "enum": ["settings", "admin"]}, kind={"const": "pipeline"}, steps={"type": "array"}, parameters=JSON_OBJECT)
+
+
 def _running_result() -> Schema:
     return _obj(["current", "total"], current=INT, total=INT, worker_id_version=STR, start_time=STR, host=STR,
                 type=STR)
@@ -318,6 +328,21 @@ ROUTES: dict[str, Route] = {
     "admin.in_progress": Route("Every job started and not finished, oldest first.", "admin", errors=(223,),
                                ok={"200": json_response("The jobs.", _obj(["jobs"], jobs={
                                    "type": "array", "items": ref("Job")}))}),
+    "admin.list_pipelines": Route("Every pipeline (settings file and admin-defined).", "admin", errors=(223,),
+                                  ok={"200": json_response("The pipelines.", _obj(["pipelines"], pipelines={
+                                      "type": "array", "items": ref("Pipeline")}))}),
+    "admin.add_pipeline": Route(
+        "Define a pipeline; each step is checked against its service's parameter schema.", "admin",
+        errors=(204, 206, 216, 218, 223), body=_json_body(PIPELINE_BODY),
+        ok={"201": json_response("Created.", ref("Pipeline"))}),
+    "admin.get_pipeline": Route("One pipeline.", "admin", errors=(217, 223),
+                                ok={"200": json_response("The pipeline.", ref("Pipeline"))}),
+    "admin.replace_pipeline": Route(
+        "Replace a pipeline's steps (jobs already submitted keep theirs).", "admin",
+        errors=(204, 206, 217, 218, 223), body=_json_body(PIPELINE_BODY),
+        ok={"200": json_response("The pipeline as it is now.", ref("Pipeline"))}),
+    "admin.delete_pipeline": Route("Delete an admin-defined pipeline.", "admin", errors=(217, 218, 223),
+                                   ok={"204": {"description": "Deleted."}}),
     # Live progress and webhooks.
     "events.events": Route(
         "Server-Sent Events of the job's status and progress until it finishes.", "jobs", errors=(203, 223),
@@ -452,6 +477,7 @@ def build_spec(app: Flask) -> Schema:
     services: dict[str, ServiceSpec] = rt.services
     paths: dict[str, Schema] = {}
     schemas: dict[str, Schema] = {"Error": error_schema(), "Job": JOB_SCHEMA, "Client": CLIENT_SCHEMA,
+                                  "Pipeline": PIPELINE_SCHEMA,
                                   "JobError": _obj(["code", "message"], code=INT, message=STR)}
     for name, spec in sorted(services.items()):
         schemas[f"{name}.parameters"] = copy.deepcopy(spec.parameters)

@@ -120,7 +120,8 @@ def _limits(quotas: dict[str, Any], service: str | None) -> list[tuple[str, str,
 
 def _used(conn, store: JobStore, quota: str, owner: str, service: str | None, now: datetime) -> tuple[float, int]:
     """The owner's current use for ``quota`` and the Retry-After (s) that would help."""
-    conditions = [Job.owner == owner] + ([Job.service == service] if service else [])
+    # A pipeline counts once: its steps are not jobs the client submitted
+    conditions = [Job.owner == owner, Job.parent_uuid.is_(None)] + ([Job.service == service] if service else [])
     if quota == "max_in_flight":
         used = conn.execute(select(func.count()).select_from(Job).where(*conditions, Job.finished_at.is_(None)))
         return used.scalar(), IN_FLIGHT_RETRY_AFTER_S

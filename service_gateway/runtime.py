@@ -31,6 +31,12 @@ class Runtime:
         return sorted({spec.queue for spec in self.services.values()} | {WEBHOOK_QUEUE})
 
     @cached_property
+    def pipelines(self):
+        """The named pipelines (settings file and /admin/pipelines); see service_gateway.pipelines."""
+        from .pipelines import Pipelines
+        return Pipelines(self)
+
+    @cached_property
     def celery(self) -> Celery:
         routes = {name: spec.queue for name, spec in self.services.items()}
         routes[WEBHOOK_TASK] = WEBHOOK_QUEUE

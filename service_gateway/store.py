@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import (JSON, Boolean, DateTime, Index, Integer, String, Text, and_, case, create_engine,
                         delete, event, func, or_, select, update)
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .errors import APIError, Unavailable
@@ -68,6 +68,11 @@ class Job(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     #: Why the job is being retried or was requeued, for the status.
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: A pipeline's step: the pipeline job's uuid and the step's name (None for a job submitted as such).
+    parent_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    step: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: A pipeline job: its stages with the parameters in force at submit (see service_gateway.pipelines).
+    pipeline: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner", "created_at"),
@@ -77,6 +82,7 @@ class Job(Base):
         Index("ix_jobs_owner_status_created", "owner", "status", "created_at"),
         Index("ix_jobs_owner_unfinished", "owner", "finished_at"),
         Index("ix_jobs_lease_until", "lease_until"),
+        Index("ix_jobs_parent", "parent_uuid"),
     )
 
     @property
@@ -91,7 +97,19 @@ class Job(Base):
             "cancel_requested": self.cancel_requested, "attempts": self.attempts, "note": self.note,
             "created_at": _iso(self.created_at), "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            **({"pipeline": self.parent_uuid, "step": self.step} if self.parent_uuid else {}),
         }
+
+
+class PipelineRecord(Base):
+    """A pipeline defined through /admin/pipelines (those of the settings file are not stored)."""
+
+    __tablename__ = "pipelines"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    definition: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class IdempotencyKey(Base):
@@ -168,6 +186,56 @@ class JobStore:
     def add(self, **fields: Any) -> None:
         fields.setdefault("created_at", utcnow())
         self._run(Job.__table__.insert().values(**fields))
+
+    def add_if_absent(self, **fields: Any) -> bool:
+        """Insert a job unless its uuid exists (a pipeline step another process created); True if inserted."""
+        fields.setdefault("created_at", utcnow())
+        try:
+            self._run(Job.__table__.insert().values(**fields))
+        except IntegrityError:
+            return False
+        return True
+
+    def children(self, uuid: str) -> list[Job]:
+        """A pipeline's step jobs."""
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(Job.__table__).where(Job.parent_uuid == uuid)).mappings().all()
+        except OperationalError as exc:
+            raise Unavailable("job store") from exc
+        return [Job(**r) for r in rows]
+
+    def stalled_pipelines(self, older_than: timedelta, limit: int = 100) -> list[str]:
+        """Unfinished pipelines created before now - ``older_than`` of which no step is unfinished."""
+        child = Job.__table__.alias("child")
+        busy = select(child.c.uuid).where(child.c.parent_uuid == Job.uuid, child.c.finished_at.is_(None)).exists()
+        query = (select(Job.uuid).where(Job.pipeline.is_not(None), Job.finished_at.is_(None),
+                                        Job.created_at < utcnow() - older_than, ~busy).limit(limit))
+        return [r[0] for r in self._run(query)]
+
+    # -- pipelines defined through the API -------------------------------------------------------
+    def get_pipeline(self, name: str) -> dict[str, Any] | None:
+        rows = self._run(select(PipelineRecord.__table__).where(PipelineRecord.name == name))
+        return dict(rows[0]._mapping) if rows else None
+
+    def list_pipelines(self) -> list[dict[str, Any]]:
+        return [dict(r._mapping) for r in self._run(select(PipelineRecord.__table__).order_by(PipelineRecord.name))]
+
+    def add_pipeline(self, name: str, definition: dict[str, Any]) -> bool:
+        now = utcnow()
+        try:
+            self._run(PipelineRecord.__table__.insert().values(name=name, definition=definition, created_at=now,
+                                                                updated_at=now))
+        except IntegrityError:
+            return False
+        return True
+
+    def replace_pipeline(self, name: str, definition: dict[str, Any]) -> bool:
+        return self._run(update(PipelineRecord).where(PipelineRecord.name == name).values(
+            definition=definition, updated_at=utcnow())) == 1
+
+    def delete_pipeline(self, name: str) -> bool:
+        return self._run(delete(PipelineRecord).where(PipelineRecord.name == name)) == 1
 
     def remove(self, uuid: str) -> None:
         self._run(delete(Job).where(Job.uuid == uuid))

@@ -1,4 +1,4 @@
-"""Admin routes: clients (the same operations as `sg clients`)."""
+"""Admin routes: clients (the same operations as `sg clients`), pipelines, queues and workers."""
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
@@ -39,7 +39,7 @@ def add_client():
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise APIError(206, "name is required: a client name of 1-200 characters")
-    services = set(rt.services)
+    services = set(rt.services) | rt.pipelines.names()
     created = rt.clients.add(name.strip(), check_scopes(body.get("scopes", []), services),
                              check_quotas(body.get("quotas", {}), services))
     response = jsonify({**created.client.to_dict(), "secret": created.secret})
@@ -74,9 +74,9 @@ def update_client(client_id: str):
             raise APIError(204, "enabled: must be true or false")
         values["enabled"] = body["enabled"]
     if "scopes" in body:
-        values["scopes"] = check_scopes(body["scopes"], set(rt.services))
+        values["scopes"] = check_scopes(body["scopes"], set(rt.services) | rt.pipelines.names())
     if "quotas" in body:
-        values["quotas"] = check_quotas(body["quotas"], set(rt.services))
+        values["quotas"] = check_quotas(body["quotas"], set(rt.services) | rt.pipelines.names())
     client = rt.clients.update(client_id, revoke_tokens="enabled" in values, **values)
     return jsonify(client.to_dict())
 
@@ -188,3 +188,56 @@ def in_progress():
 def _iso(value):
     from ..store import _iso as iso
     return iso(value)
+
+
+# -- pipelines ------------------------------------------------------------------------------------
+@bp.get("/pipelines")
+@require_auth
+def list_pipelines():
+    _admin()
+    return jsonify({"pipelines": [p.describe() for p in runtime().pipelines.all()]})
+
+
+@bp.post("/pipelines")
+@require_auth
+def add_pipeline():
+    """Create a pipeline: ``{"name", "description", "steps": [...]}`` (see docs/pipelines.md); 201."""
+    _admin()
+    body = _json_body()
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise APIError(206, "name is required: 1-63 of a-z, 0-9, _ and -, starting with a letter")
+    spec = runtime().pipelines.save(name, {k: v for k, v in body.items() if k != "name"}, create=True)
+    response = jsonify(spec.describe())
+    response.status_code = 201
+    return response
+
+
+@bp.get("/pipelines/<name>")
+@require_auth
+def get_pipeline(name: str):
+    _admin()
+    spec = runtime().pipelines.get(name)
+    if spec is None:
+        raise APIError(217, f"no pipeline {name!r}")
+    return jsonify(spec.describe())
+
+
+@bp.put("/pipelines/<name>")
+@require_auth
+def replace_pipeline(name: str):
+    """Replace a pipeline's definition; jobs already submitted keep the definition they started with."""
+    _admin()
+    body = _json_body()
+    if body.get("name", name) != name:
+        raise APIError(204, "name: a pipeline cannot be renamed; create the new name and delete the old")
+    spec = runtime().pipelines.save(name, {k: v for k, v in body.items() if k != "name"}, create=False)
+    return jsonify(spec.describe())
+
+
+@bp.delete("/pipelines/<name>")
+@require_auth
+def delete_pipeline(name: str):
+    _admin()
+    runtime().pipelines.delete(name)
+    return "", 204

@@ -29,6 +29,8 @@ def services():
         item = spec.describe()
         item["workers_online"] = sum(w.concurrency for w in online if spec.queue in w.queues.split(","))
         items.append(item)
+    for spec in rt.pipelines.all():
+        items.append(spec.describe())
     return jsonify({"services": items})
 
 

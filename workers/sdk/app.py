@@ -51,6 +51,10 @@ def build(rt: Runtime) -> Celery:
         from service_gateway.jobs import notify_webhook
         notify_webhook(rt, job_id)
 
+    def step_finished(pipeline_uuid: str) -> None:
+        from service_gateway.pipelines import advance
+        advance(rt, pipeline_uuid)
+
     def executor() -> Executor:
         # One per process: prefork children must not share the parent's connections.
         import os
@@ -58,7 +62,8 @@ def build(rt: Runtime) -> Celery:
         if pid not in executors:
             executors.clear()
             executors[pid] = Executor(settings, CeleryBackendSink(app.backend, settings.state_write_retry_s),
-                                      rt.store, requeue=requeue, on_finished=finished)
+                                      rt.store, requeue=requeue, on_finished=finished,
+                                      on_step_finished=step_finished)
         return executors[pid]
 
     for spec in rt.services.values():
@@ -76,8 +81,12 @@ def build(rt: Runtime) -> Celery:
     def _migrate(**_: Any) -> None:
         rt.store.migrate()
 
-    heartbeat = _Heartbeat(rt, lambda: recover_expired(rt.store, settings, CeleryBackendSink(app.backend, 30),
-                                                        requeue))
+    def sweep() -> None:
+        from service_gateway.pipelines import resume_stalled
+        recover_expired(rt.store, settings, CeleryBackendSink(app.backend, 30), requeue)
+        resume_stalled(rt)
+
+    heartbeat = _Heartbeat(rt, sweep)
 
     @signals.worker_ready.connect(weak=False)
     def _ready(sender: Any = None, **_: Any) -> None:

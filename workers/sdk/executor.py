@@ -215,7 +215,8 @@ class Executor:
 
     def __init__(self, settings: Settings, sink: StateSink, store: JobStore | None, host: str | None = None,
                  requeue: Callable[[Any, float], None] | None = None,
-                 on_finished: Callable[[str], None] | None = None):
+                 on_finished: Callable[[str], None] | None = None,
+                 on_step_finished: Callable[[str], None] | None = None):
         self.settings = settings
         self.sink = sink
         self.store = store
@@ -223,6 +224,7 @@ class Executor:
         self.lease_owner = f"{self.host}:{os.getpid()}"
         self.requeue = requeue
         self.on_finished = on_finished
+        self.on_step_finished = on_step_finished
         self.storage = LocalStorage(settings.output_dir)
 
     def execute(self, service: Service, payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -243,8 +245,21 @@ class Executor:
                 self._record_usage(job_id, meter)
             return result
         finally:
+            self._advance_pipeline(payload)
             current_request_id.reset(request_token)
             current_job_id.reset(token)
+
+    def _advance_pipeline(self, payload: dict[str, Any]) -> None:
+        """A pipeline's step that has ended moves its pipeline on (next stage, failure or result)."""
+        parent = payload.get("pipeline")
+        if not parent or self.store is None or self.on_step_finished is None:
+            return
+        try:
+            row = self.store.get(payload["job_id"])
+            if row is not None and row.finished_at is not None and row.parent_uuid == parent:
+                self.on_step_finished(parent)
+        except Exception as exc:   # the sweeper advances pipelines that wait on nothing
+            log.error("pipeline not advanced now (%s); the sweeper will", exc.__class__.__name__)
 
     def _record_usage(self, job_id: str, meter: "UsageMeter") -> None:
         """Write the job's usage record (billing) and metrics once it has finished; failures are only logged."""
@@ -340,7 +355,7 @@ class Executor:
                 job.params = service.validate(job.params)
             except ParameterError as exc:
                 raise JobError(307, f"invalid parameter {exc}") from None
-            job.input_path = fetch(job.doc_url, tmp_dir, self.settings, job.check_cancelled)
+            job.input_path = self._input(payload, tmp_dir, job)
             job.check_cancelled()
             log.info("running %s (attempt %d)", service.name, attempt)
             assert service.run is not None, f"service {service.name} has no handler"
@@ -378,6 +393,16 @@ class Executor:
             if meter is not None:
                 meter.stop(job)
         return None
+
+    def _input(self, payload: dict[str, Any], tmp_dir: Path, job: JobContext) -> Path:
+        """The document: fetched from doc_url, or, for a pipeline step, an earlier step's output."""
+        source = payload.get("input")
+        if source:
+            path = self.storage.path(source["job"], source["name"])
+            if path is None:
+                raise JobError(301, f"the output {source['name']!r} of the pipeline's earlier step is gone")
+            return path
+        return fetch(job.doc_url, tmp_dir, self.settings, job.check_cancelled)
 
     def _retry_later(self, service: Service, job_id: str, attempt: int, error: JobError,
                      meta: dict[str, Any]) -> bool:
