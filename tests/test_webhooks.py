@@ -109,3 +109,24 @@ def test_callback_urls_follow_the_url_safety_rules(tmp_path, auth):
                              headers=auth.headers())
         assert (answer.status_code, answer.get_json()["code"]) == (400, 204), url
         assert "callback_url" in answer.get_json()["description"]
+
+
+def test_a_pipeline_gets_one_delivery_when_it_ends_and_its_steps_none(stack, media, receiver):
+    from tests.test_pipelines import define
+    define(stack, "hooked", {"steps": [{"service": "probe"}, {"service": "thumbnails", "input": "doc",
+                                                             "params": {"count": 1}}]})
+    secret = stack.request("GET", "/auth/webhook-secret", sub="hooked").json()["webhook_secret"]
+    path = f"/pipeline/{stack.name}"
+    response = stack.request("POST", "/hooked/process", sub="hooked", json={
+        "doc_url": f"file://{media}/short.mp4", "callback_url": receiver.url + path})
+    job_id = response.json()["uuid"]
+    final = stack.wait_status("hooked", job_id, {"SUCCESS", "FAILURE"}, sub="hooked")
+    assert final["status"] == "SUCCESS", final
+    posts = wait_for(lambda: receiver.posts(path), 60, "the pipeline's delivery")
+    body = verify(secret, posts[0])
+    # (output URLs are absolute only with SG_PUBLIC_URL, which the test stack leaves unset)
+    assert (body["uuid"], body["status"]) == (job_id, "SUCCESS") and body["result"]["steps"] == final["result"]["steps"]
+    assert [s["name"] for s in body["result"]["steps"]] == ["probe", "thumbnails"]
+    steps = [s["uuid"] for s in final["result"]["steps"]]
+    assert all(not stack.request("GET", f"/jobs/{s}/deliveries", sub="hooked").json()["deliveries"] for s in steps)
+    assert len(receiver.posts(path)) == 1
