@@ -35,6 +35,9 @@ def worker_app() -> Celery:
         if rt.settings.worker_metrics_port:
             _metrics_dir(rt)
         _app = build(rt)
+        # The current app for code that asks Celery's default (Flower's /api/task/result builds
+        # AsyncResult without an app: without this it reads a disabled backend and answers 503).
+        _app.set_default()
     return _app
 
 
