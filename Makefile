@@ -8,7 +8,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 BENCH_QUICK ?=
 
-.PHONY: run test bench install ffmpeg espeak services clean
+.PHONY: run test bench install ffmpeg test-tools services clean
 
 install: $(STAMP)
 
@@ -18,18 +18,21 @@ $(STAMP): setup.cfg setup.py
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-ffmpeg:
-	@command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || { \
-	  echo "installing ffmpeg with apt-get"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }
+# $(call apt_need,COMMANDS,PACKAGES): apt-get install PACKAGES unless every one of COMMANDS is on PATH.
+define apt_need
+@for c in $(1); do command -v $$c >/dev/null 2>&1 || missing=1; done; [ -z "$$missing" ] || { \
+  echo "installing $(2) with apt-get"; \
+  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2) >/dev/null; }
+endef
 
-# espeak-ng synthesizes the spoken sentences of the speech ground truth (tests and benchmarks only).
-espeak:
-	@command -v espeak-ng >/dev/null 2>&1 || { \
-	  echo "installing espeak-ng with apt-get"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+ffmpeg:
+	$(call apt_need,ffmpeg ffprobe,ffmpeg)
+
+# Tests and benchmarks only: espeak-ng synthesizes the speech ground truth, chromium + its driver run
+# the /ui browser test, wrk drives the HTTP benchmarks (and their smoke test).
+test-tools:
+	$(call apt_need,espeak-ng chromium chromedriver wrk,espeak-ng chromium chromium-driver wrk)
 
 # Start RabbitMQ, Redis and PostgreSQL when they are installed but down (end-to-end tests use them).
 services:
@@ -40,17 +43,20 @@ run: $(STAMP) ffmpeg
 	$(BIN)/python run_local.py $(ARGS)
 
 ## Unit and end-to-end tests (end-to-end on the embedded default and on RabbitMQ + Redis + PostgreSQL).
-test: $(STAMP) ffmpeg espeak
+test: $(STAMP) ffmpeg test-tools
 	-@bash .ci/services.sh --quiet
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Benchmarks (docs/benchmarks.md): annotator accuracy, memory on 1-min vs 10-min clips, GET /jobs
-## with 100,000 jobs. BENCH_QUICK=1 for a smoke run (shorter clips, fewer jobs, one repeat).
-bench: $(STAMP) ffmpeg espeak
+## Benchmarks: issue #8's suite B1-B8 (benchmarks/run_all.py: gateway vs Flower, raw Celery and direct
+## runs, side by side on RabbitMQ + Redis + PostgreSQL; memory; GET /jobs with 100,000 jobs), written
+## into docs/benchmarks.md, then the annotators' accuracy table (docs/annotations.md).
+## BENCH_QUICK=1: the smoke run (< 1 min, one repeat, tiny sizes) into var/bench/benchmarks-quick.md.
+## BENCH_OUTPUT=file: write the section there instead.
+BENCH_OUTPUT ?=
+bench: $(STAMP) ffmpeg test-tools
 	-@bash .ci/services.sh --quiet
-	$(BIN)/python benchmarks/accuracy.py
-	$(BIN)/python benchmarks/memory.py $(if $(BENCH_QUICK),--quick --repeat 1)
-	$(BIN)/python benchmarks/jobs_list.py $(if $(BENCH_QUICK),--jobs 5000 --requests 50)
+	$(BIN)/python benchmarks/run_all.py $(if $(BENCH_QUICK),--quick) $(if $(BENCH_OUTPUT),--output $(BENCH_OUTPUT))
+	$(if $(BENCH_QUICK),,$(BIN)/python benchmarks/accuracy.py)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache build *.egg-info

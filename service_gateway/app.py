@@ -47,7 +47,7 @@ def _make_app(rt: Runtime) -> Flask:
     metrics.init_app(app, rt)
 
     # Blueprints last; canarie checks its [canarie] settings table as it is registered.
-    from .blueprints import admin, annotate, auth as auth_routes, canarie, docs, events, jobs, ops, usage
-    for blueprint in (ops, auth_routes, admin, usage, jobs, events, annotate, canarie, docs):
+    from .blueprints import admin, annotate, auth as auth_routes, canarie, docs, events, jobs, ops, ui, usage
+    for blueprint in (ops, auth_routes, admin, usage, jobs, events, annotate, canarie, docs, ui):
         app.register_blueprint(blueprint.bp)
     return app
