@@ -185,9 +185,9 @@ class Stack:
         return wait_for(reached, timeout_s, f"job {job_id} to reach {statuses}", interval_s=0.1)
 
 
-def rabbitmq_vhost() -> str:
+def rabbitmq_vhost(prefix: str = "sg-test") -> str:
     """Create a private vhost so that tests never share queues with anything else."""
-    vhost = f"sg-test-{uuid.uuid4().hex[:8]}"
+    vhost = f"{prefix}-{uuid.uuid4().hex[:8]}"
     ctl = shutil.which("rabbitmqctl")
     if not ctl:
         raise RuntimeError("rabbitmqctl not found")
@@ -201,9 +201,9 @@ def drop_rabbitmq_vhost(vhost: str) -> None:
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
 
-def postgres_database() -> str:
+def postgres_database(prefix: str = "sg_test") -> str:
     import psycopg
-    name = f"sg_test_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return name
