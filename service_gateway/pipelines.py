@@ -482,8 +482,11 @@ def running_status(rt: "Runtime", pipeline: "Job", read_meta) -> dict[str, Any]:
                 if row.finished_at is None and row.started_at is not None:
                     meta = read_meta(rt, row.uuid)
                     running = meta.get("result")
-                    if isinstance(running, dict) and meta.get("status") not in ("PENDING", "SUCCESS"):
-                        progress = int(running.get("current", 0))
+                    if meta.get("status") == JobStatus.SUCCESS.value:
+                        # The worker writes SUCCESS to the backend just before the store: done, not 0.
+                        state, progress = JobStatus.SUCCESS.value, 100
+                    elif isinstance(running, dict) and meta.get("status") != "PENDING":
+                        progress = max(progress, int(running.get("current", 0)))
                         state = meta.get("status", state)
                     started = True
                     current.append(step["name"])

@@ -98,6 +98,26 @@ def test_submit_overrides_are_checked_against_the_steps_schemas(client, auth, tm
     assert listed == []                                              # nothing was recorded
 
 
+# Publishing to the embedded broker maps kombu's SQLAlchemy transport models, which SQLAlchemy 2.1 warns about.
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+def test_a_step_that_just_succeeded_counts_as_done_not_as_zero(app, client, auth):
+    """The worker writes SUCCESS to the backend just before the store: that window must not drop progress."""
+    from service_gateway.pipelines import running_status
+    admin = auth.headers("root", admin=True)
+    assert client.post("/admin/pipelines", json={"name": "index", **INDEX}, headers=admin).status_code == 201
+    answer = client.post("/index/process", json={"doc_url": "https://example.org/a.mp4"}, headers=auth.headers())
+    assert answer.status_code == 202, answer.get_json()
+    rt = app.extensions["service_gateway"]
+    pipeline = rt.store.get(answer.get_json()["uuid"])
+    [small] = rt.store.children(pipeline.uuid)
+    assert rt.store.claim(small.uuid, "w", lease_owner="w:1") is not None
+    running = {"status": "PROGRESS", "result": {"current": 50, "total": 100}}
+    halfway = running_status(rt, pipeline, lambda _rt, _id: running)["progress"]
+    done = running_status(rt, pipeline, lambda _rt, _id: {"status": "SUCCESS", "result": {}})
+    assert halfway == 20 and done["progress"] == 40, (halfway, done)        # weight 2 of 5
+    assert done["result"]["steps"][0]["status"] == "SUCCESS"
+
+
 # -- runs: a real gateway and worker on both backends ---------------------------------------------------
 
 
