@@ -134,7 +134,7 @@ def _shown_url(url: str) -> str:
 #: Which processes count as what in CPU accounting.
 GROUPS: dict[str, Callable[[psutil.Process], bool]] = {
     "gateway (gunicorn)": lambda p: "gunicorn" in " ".join(p.cmdline()[:3]),
-    "worker (celery -A workers)": lambda p: (_celery(p, "workers") or _celery(p, "benchmarks.whatif"))
+    "worker (celery -A workers)": lambda p: _celery(p, "workers")
     and "flower" not in p.cmdline(),
     "raw worker": lambda p: _celery(p, "benchmarks.raw_celery"),
     "flower": lambda p: _celery(p, "benchmarks.flower_app"),

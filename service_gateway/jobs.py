@@ -145,8 +145,11 @@ def publish(rt: Runtime, job: Job | dict[str, Any], countdown_s: float | None = 
     """
     payload = task_payload(job)
     try:
+        # ignore_result: states are read with backend.get_task_meta, never AsyncResult.get, so the
+        # Redis backend need not SUBSCRIBE to the result channel on every submit.
         rt.celery.send_task(task_name(payload["service"]), args=[payload], task_id=payload["job_id"],
                             queue=rt.services[payload["service"]].queue, countdown=countdown_s,
+                            ignore_result=True,
                             retry=True, retry_policy={"max_retries": 1, "interval_start": 0,
                                                       "interval_step": 0.5, "interval_max": 0.5})
     except PUBLISH_ERRORS as exc:
@@ -259,7 +262,7 @@ def notify_webhook(rt: Runtime, job_id: str) -> None:
     """Queue the delivery of a finished job's status to its callback_url (task sg.webhook)."""
     from .runtime import WEBHOOK_QUEUE, WEBHOOK_TASK
     try:
-        rt.celery.send_task(task_name(WEBHOOK_TASK), args=[job_id], queue=WEBHOOK_QUEUE)
+        rt.celery.send_task(task_name(WEBHOOK_TASK), args=[job_id], queue=WEBHOOK_QUEUE, ignore_result=True)
     except PUBLISH_ERRORS as exc:
         log.error("webhook not queued: %s", exc.__class__.__name__, extra={"job_id": job_id})
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Index, Integer, String, Text, and_, case, create_engine,
-                        delete, event, func, or_, select, update)
+from sqlalchemy import (JSON, Boolean, DateTime, Index, Integer, String, Text, and_, bindparam, case,
+                        create_engine, delete, event, func, or_, select, update)
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .errors import APIError, Unavailable
@@ -26,6 +27,11 @@ from .status import JobStatus
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 30
+#: A pooled server connection idle longer than this is pinged before use (see make_engine).
+STALE_AFTER_S = 10.0
+#: Connections kept per process: one per request thread (gunicorn.conf.py's SG_GUNICORN_THREADS) plus
+#: the background threads; more are opened under bursts (max_overflow) and closed after.
+POOL_SIZE = int(os.environ.get("SG_GUNICORN_THREADS", "8")) + 2
 #: Lease owner of a job waiting in its queue for a retry: free for any worker to claim.
 QUEUED = "queued"
 
@@ -144,6 +150,10 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
+#: built once: every status and submit reads a job this way
+_GET_JOB = select(Job.__table__).where(Job.__table__.c.uuid == bindparam("uuid"))
+
+
 class JobStore:
     """Access to the job store; safe to share in a process and across fork (engine per pid)."""
 
@@ -243,28 +253,39 @@ class JobStore:
     def get(self, uuid: str) -> Job | None:
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(select(Job.__table__).where(Job.uuid == uuid)).mappings().first()
+                row = conn.execute(_GET_JOB, {"uuid": uuid}).mappings().first()
         except OperationalError as exc:
             raise Unavailable("job store") from exc
         return Job(**row) if row else None
 
     def mark_started(self, uuid: str, worker: str, *, lease_owner: str | None = None, lease_s: float = 60.0,
                      dead_owner: str | None = None) -> bool:
-        """Claim the job for one run: False when it was cancelled, has finished, or another run holds it.
+        """Claim the job for one run: False when it was cancelled, has finished, or another run holds it."""
+        return self.claim(uuid, worker, lease_owner=lease_owner, lease_s=lease_s, dead_owner=dead_owner) is not None
 
-        The claim takes a lease (``lease_owner`` until now + ``lease_s``) that the run renews; a
-        lease that expired, or that belongs to ``dead_owner`` (a process known to be gone), is
-        free. So a redelivered message never starts a second run of a job that is running.
+    def claim(self, uuid: str, worker: str, *, lease_owner: str | None = None, lease_s: float = 60.0,
+              dead_owner: str | None = None) -> Job | None:
+        """Claim the job for one run and return its row as claimed; None when it cannot be claimed.
+
+        It cannot when it was cancelled, has finished, or another run holds it. The claim takes a
+        lease (``lease_owner`` until now + ``lease_s``) that the run renews; a lease that expired,
+        or that belongs to ``dead_owner`` (a process known to be gone), is free. So a redelivered
+        message never starts a second run of a job that is running. One statement (RETURNING).
         """
         now = utcnow()
         free = or_(Job.lease_until.is_(None), Job.lease_until < now, Job.lease_owner == QUEUED)
         if dead_owner:
             free = or_(free, Job.lease_owner == dead_owner)
-        return self._run(update(Job).where(
+        return self._one_row(update(Job).where(
             Job.uuid == uuid, Job.finished_at.is_(None), Job.cancel_requested.is_(False), free,
         ).values(status=JobStatus.STARTED.value, started_at=now, worker=worker,
                  lease_owner=lease_owner or worker, lease_until=now + timedelta(seconds=lease_s),
-                 attempts=Job.attempts + 1)) == 1
+                 attempts=Job.attempts + 1))
+
+    def _one_row(self, statement) -> Job | None:
+        """Run an UPDATE ... RETURNING of one job (PostgreSQL, SQLite >= 3.35); its row or None."""
+        rows = self._run(statement.returning(*Job.__table__.columns))
+        return Job(**rows[0]._mapping) if rows else None
 
     def renew_lease(self, uuid: str, lease_owner: str, lease_s: float) -> bool:
         """Extend the run's lease; False when the run no longer holds the job (it must stop)."""
@@ -306,15 +327,16 @@ class JobStore:
         self._run(update(Job).where(Job.uuid == uuid, Job.finished_at.is_(None)).values(**values))
 
     def finish(self, uuid: str, status: JobStatus, *, progress: int,
-               error: tuple[int, str] | None = None, lease_owner: str | None = None) -> bool:
-        """Record the final status once; False when the job had already finished (or the run lost its lease)."""
+               error: tuple[int, str] | None = None, lease_owner: str | None = None) -> Job | None:
+        """Record the final status once and return the finished row (truthy); None when the job had
+        already finished (or the run lost its lease)."""
         code, message = error if error else (None, None)
         conditions = [Job.uuid == uuid, Job.finished_at.is_(None)]
         if lease_owner is not None:
             conditions.append(Job.lease_owner == lease_owner)
-        return self._run(update(Job).where(*conditions).values(
+        return self._one_row(update(Job).where(*conditions).values(
             status=status.value, finished_at=utcnow(), progress=progress,
-            error_code=code, error_message=message, lease_owner=None, lease_until=None)) == 1
+            error_code=code, error_message=message, lease_owner=None, lease_until=None))
 
     def requeue_failed(self, uuid: str, note: str) -> bool:
         """Make a FAILURE job PENDING again, attempts reset (an admin's requeue); False if it is not FAILURE."""
@@ -459,5 +481,26 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                         isolation_level="AUTOCOMMIT")
+    # Not pool_pre_ping: it costs a round trip before every statement (15-35 % of a request's wall
+    # time under load, docs/benchmarks.md). A connection is pinged only when it sat idle in the pool
+    # long enough to have been dropped (server restart, idle timeouts); a dead one is replaced
+    # before the statement runs, so no statement is ever sent on it and none needs a retry.
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=10, pool_recycle=1800,
+                           isolation_level="AUTOCOMMIT")
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(_dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_stale(dbapi_conn, record, _proxy):
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < STALE_AFTER_S:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as exc:          # the pool discards it and checks out another (up to 3 times)
+            raise DisconnectionError(str(exc.__class__.__name__)) from exc
+    return engine

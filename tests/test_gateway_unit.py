@@ -64,6 +64,26 @@ def test_each_auth_failure_has_its_own_answer(client, auth):
     assert "signature" in signature["description"] and "request a new token" in expired["description"]
 
 
+def test_a_verified_token_is_remembered_only_by_its_app_and_only_until_it_expires(app, client, auth, tmp_path):
+    from service_gateway.auth import VerifiedTokens
+    headers = auth.headers(expires_in_s=2)
+    assert client.get("/jobs", headers=headers).status_code == 200
+    cache: VerifiedTokens = app.extensions["sg_verified_tokens"]
+    token = headers["Authorization"].split()[1]
+    assert cache.get(token)["sub"] == "alice"
+    # Another app (another secret) in the same process verifies it afresh, and refuses it.
+    other = create_app({"data_dir": str(tmp_path / "other"), "jwt_secret": "another-secret-" + "y" * 30,
+                        "log_format": "text"})
+    assert_error(other.test_client().get("/jobs", headers=headers), 401, 221)
+    # Past its exp the entry is dropped: the token goes through the full check again.
+    cache.put(token, {**cache.get(token), "exp": time.time() - 1})
+    assert cache.get(token) is None
+    small = VerifiedTokens(size=2)
+    for name in "abc":
+        small.put(name, {"sub": name, "exp": time.time() + 60})
+    assert [small.get(n) is not None for n in "abc"] == [False, True, True]     # bounded, oldest out
+
+
 @pytest.mark.parametrize(("body", "code", "field"), [
     ({"params": {}}, 206, "doc_url"),
     ({"doc_url": "ftp://example.com/a.mp4"}, 207, "scheme"),

@@ -77,6 +77,36 @@ def test_a_job_finishes_once(store):
     assert store.get(job_id).status == "SUCCESS"
 
 
+def test_claim_and_finish_return_the_row_they_wrote_in_one_statement(store):
+    job_id = add_job(store)
+    claimed = store.claim(job_id, "w1", lease_owner="w1:7", lease_s=30)
+    assert (claimed.uuid, claimed.status, claimed.attempts, claimed.lease_owner) == (job_id, "STARTED", 1, "w1:7")
+    assert claimed.started_at is not None and claimed.lease_until > claimed.started_at
+    assert store.claim(job_id, "w2", lease_owner="w2:8") is None            # held by a live lease
+    assert store.claim(job_id, "w2", lease_owner="w2:8", dead_owner="w1:7").attempts == 2   # its owner died
+    done = store.finish(job_id, JobStatus.SUCCESS, progress=100, lease_owner="w2:8")
+    assert (done.status, done.progress, done.lease_owner) == ("SUCCESS", 100, None) and done.finished_at
+    assert store.finish(job_id, JobStatus.FAILURE, progress=0) is None
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_before_use(store, monkeypatch):
+    """No pre-ping on every checkout: only a connection idle past STALE_AFTER_S is pinged first."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    import psycopg
+
+    from service_gateway import store as store_module
+    job_id = add_job(store)
+    assert store.get(job_id) is not None                       # a connection now waits in the pool
+    database = store.engine.url.database
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as admin:
+        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE datname = %s AND pid <> pg_backend_pid()", (database,)).fetchone()[0]
+    assert killed >= 1
+    monkeypatch.setattr(store_module, "STALE_AFTER_S", 0.0)   # as if it had sat idle past the bound
+    assert store.get(job_id).uuid == job_id                    # pinged, found dead, replaced: no error
+
+
 def test_pages_are_newest_first_and_complete(store):
     ids = [add_job(store, owner="pager") for _ in range(7)]
     add_job(store, owner="someone-else")

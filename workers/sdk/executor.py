@@ -226,6 +226,8 @@ class Executor:
         self.on_finished = on_finished
         self.on_step_finished = on_step_finished
         self.storage = LocalStorage(settings.output_dir)
+        #: rows as this process's final write left them (finish ... RETURNING), for the usage record
+        self._finished: dict[str, Any] = {}
 
     def execute(self, service: Service, payload: dict[str, Any]) -> dict[str, Any] | None:
         """Run one job from its task payload; return the result, or None when it did not succeed."""
@@ -245,6 +247,7 @@ class Executor:
                 self._record_usage(job_id, meter)
             return result
         finally:
+            self._finished.pop(job_id, None)
             self._advance_pipeline(payload)
             current_request_id.reset(request_token)
             current_job_id.reset(token)
@@ -265,7 +268,7 @@ class Executor:
         """Write the job's usage record (billing) and metrics once it has finished; failures are only logged."""
         assert self.store is not None
         try:
-            row = self.store.get(job_id)
+            row = self._finished.pop(job_id, None) or self.store.get(job_id)
             if row is None or row.finished_at is None:
                 return
             if row.callback_url and self.on_finished is not None:
@@ -289,18 +292,25 @@ class Executor:
         dies, sees the job through).
         """
         assert self.store is not None
-        row = retry_write(lambda: self.store.get(job_id), job_id, self.settings.state_write_retry_s)
+        store = self.store
+        # The common case in one statement: a queued job, claimed and read back (UPDATE ... RETURNING).
+        claimed = retry_write(lambda: store.claim(job_id, self.host, lease_owner=self.lease_owner,
+                                                  lease_s=self.settings.job_lease_s),
+                              job_id, self.settings.state_write_retry_s)
+        if claimed is not None:
+            return claimed
+        row = store.get(job_id)
         if row is None:
             log.warning("no such job in the store; message dropped")
             return None
-        if row.finished_at is None and not row.cancel_requested:
-            dead = self._dead_owner(row.lease_owner)
-            if self.store.mark_started(job_id, self.host, lease_owner=self.lease_owner,
-                                       lease_s=self.settings.job_lease_s, dead_owner=dead):
-                if dead:
-                    log.warning("took over the job from dead process %s", dead)
-                return self.store.get(job_id)
-            row = self.store.get(job_id) or row
+        dead = self._dead_owner(row.lease_owner) if row.finished_at is None and not row.cancel_requested else None
+        if dead:   # the lease of a killed process of this host is free at once
+            claimed = store.claim(job_id, self.host, lease_owner=self.lease_owner,
+                                  lease_s=self.settings.job_lease_s, dead_owner=dead)
+            if claimed is not None:
+                log.warning("took over the job from dead process %s", dead)
+                return claimed
+            row = store.get(job_id) or row
         if row.finished_at is None and row.cancel_requested and not _live_lease(row):
             self._finish_failed(job_id, JobStatus.REVOKED, JobCancelled("cancelled before it started"), 0)
         elif row.job_status is JobStatus.REVOKED:
@@ -369,8 +379,11 @@ class Executor:
                 job.check_cancelled()
             self.sink.success(job_id, result)
             if self.store is not None:
-                retry_write(lambda: self.store.finish(job_id, JobStatus.SUCCESS, progress=100, lease_owner=lease_owner),
-                            job_id, self.settings.state_write_retry_s)
+                row = retry_write(lambda: self.store.finish(job_id, JobStatus.SUCCESS, progress=100,
+                                                            lease_owner=lease_owner),
+                                  job_id, self.settings.state_write_retry_s)
+                if row is not None:
+                    self._finished[job_id] = row
             log.info("job succeeded")
             return result
         except LeaseLost:
@@ -436,9 +449,11 @@ class Executor:
         # The store first: the gateway serves FAILURE/REVOKED from it, so once the backend
         # says so, the store already does.
         if self.store is not None:
-            retry_write(lambda: self.store.finish(job_id, state, progress=progress, error=(error.code, error.message),
-                                                  lease_owner=lease_owner),
-                        job_id, self.settings.state_write_retry_s)
+            row = retry_write(lambda: self.store.finish(job_id, state, progress=progress,
+                                                        error=(error.code, error.message), lease_owner=lease_owner),
+                              job_id, self.settings.state_write_retry_s)
+            if row is not None:
+                self._finished[job_id] = row
         self.sink.failed(job_id, state, error)
 
 
