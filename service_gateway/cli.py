@@ -228,15 +228,26 @@ class _ProgressBar:
     """A tqdm bar on stderr for a job's progress 0-100, its status as the postfix."""
 
     def __init__(self, service: str | None, uuid: str) -> None:
+        import shutil
+
         from tqdm import tqdm
         self.name = f"{service or 'job'} {uuid[:8]}"
         # disable=False: drawn on a pipe too (tqdm's \r updates), so logs of CI jobs show the progress.
+        # The size: the terminal's, else 100x24 (a pipe, or a pseudo-terminal that reports 0x0 —
+        # `script`, some CI runners, `docker exec -t` — where tqdm would hide the bar as off-screen).
+        size = shutil.get_terminal_size((100, 24))
         self.bar = tqdm(total=100, desc=f"{self.name} {'PENDING':<8}", unit="%", file=sys.stderr,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}]",
-                        dynamic_ncols=True, leave=True, disable=False)
+                        ncols=min(size.columns, 120), nrows=max(size.lines, 2), leave=True, disable=False)
+        self.piped, self.step = False, ""      # a pipeline: its running step(s) follow the status
 
     def update(self, body: dict) -> None:
-        self.bar.set_description_str(f"{self.name} {body.get('status', ''):<8}", refresh=False)
+        result = body.get("result")
+        if isinstance(result, dict) and "steps" in result:
+            self.piped = True
+            self.step = result.get("step") or ""
+        self.bar.set_description_str(f"{self.name} {body.get('status', ''):<8}"
+                                     + (f" {self.step:<14.14}" if self.piped else ""), refresh=False)
         progress = body.get("progress") or 0
         if progress > self.bar.n:
             self.bar.update(progress - self.bar.n)
@@ -249,7 +260,7 @@ class _ProgressBar:
 
 def _finish(args: argparse.Namespace, api, job_id: str, service: str | None) -> int:
     """Wait for a job (progress bar unless --json), download its outputs, print the result."""
-    from .client import outputs_of
+    from .client import outputs_of, saved_as
     bar = None if args.json else _ProgressBar(service, job_id)
     try:
         final = api.wait(job_id, progress=bar.update if bar else None, timeout=args.timeout,
@@ -264,7 +275,7 @@ def _finish(args: argparse.Namespace, api, job_id: str, service: str | None) -> 
     saved = []
     if ok and not args.no_download:
         for item in outputs_of(final):
-            path = api.download(job_id, item["name"], args.output_dir)
+            path = api.download(job_id, item["name"], args.output_dir, **saved_as(item, final))
             saved.append({"name": item["name"], "path": str(path), "size": path.stat().st_size})
     if args.json:
         _print_json({**final, "downloaded": saved})
@@ -273,6 +284,9 @@ def _finish(args: argparse.Namespace, api, job_id: str, service: str | None) -> 
         if ok:
             result = final.get("result")
             _print_json(result)
+            for step in (result.get("steps") or []) if isinstance(result, dict) else []:
+                outputs = ", ".join(o["name"] for o in outputs_of(step)) or "no outputs"
+                print(f"step {step.get('name')} ({step.get('service')}): {step.get('status')}, {outputs}")
         else:
             print(f"sg: job {job_id} ended {final['status']}: {_error_text(final.get('result'))}", file=sys.stderr)
         for item in saved:
@@ -401,13 +415,17 @@ def _kind(prop: dict) -> str:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Download a job's outputs (all, or the names given) into --output-dir."""
-    from .client import outputs_of
+    from .client import outputs_of, saved_as
     api = _api(args)
-    names = args.names or [o["name"] for o in outputs_of(api.status(args.uuid))]
+    if args.names:
+        items = [({"name": name}, {}) for name in args.names]
+    else:
+        status = api.status(args.uuid)
+        items = [(o, saved_as(o, status)) for o in outputs_of(status)]
     saved = []
-    for name in names:
-        path = api.download(args.uuid, name, args.output_dir)
-        saved.append({"name": name, "path": str(path), "size": path.stat().st_size})
+    for item, how in items:
+        path = api.download(args.uuid, item["name"], args.output_dir, **how)
+        saved.append({"name": item["name"], "path": str(path), "size": path.stat().st_size})
     if args.json:
         _print_json({"uuid": args.uuid, "downloaded": saved})
     else:

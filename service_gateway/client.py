@@ -650,8 +650,10 @@ class Client:
             time.sleep(interval if left is None else min(interval, left))
 
     def download(self, uuid: str, name: str, output_dir: str | os.PathLike = ".", *,
-                 filename: str | None = None, chunk_size: int = 1 << 16) -> Path:
+                 filename: str | None = None, step: str | None = None, chunk_size: int = 1 << 16) -> Path:
         """Stream output ``name`` of a job into ``output_dir`` and return the file's path.
+
+        A pipeline serves its steps' outputs; ``step`` names the step when two made the same name.
 
         The file is named after the output, made safe (no directories, no leading dots), unless
         ``filename`` is given. It appears complete or not at all (written to a ``.part`` file
@@ -671,7 +673,8 @@ class Client:
                     if written:
                         headers["Range"] = f"bytes={written}-"
                     try:
-                        with self.request("GET", path, stream=True, headers=headers) as answer:
+                        with self.request("GET", path, stream=True, headers=headers,
+                                          params={"step": step} if step else None) as answer:
                             if written and answer.status_code != 206:
                                 fh.seek(0)               # the range was not honoured: start again
                                 fh.truncate()
@@ -701,7 +704,17 @@ class Client:
                          status: dict[str, Any] | None = None) -> list[Path]:
         """Download every output a finished job lists in its result; returns the paths written."""
         body = status if status is not None else self.status(uuid)
-        return [self.download(uuid, item["name"], output_dir) for item in outputs_of(body)]
+        return [self.download(uuid, item["name"], output_dir, **saved_as(item, body))
+                for item in outputs_of(body)]
+
+
+def saved_as(item: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """``download`` arguments for one listed output: a pipeline step's output whose name another
+    step also made is fetched with its step and saved as ``<step>-<name>``."""
+    step = item.get("step")
+    if not step or sum(o["name"] == item["name"] for o in outputs_of(status)) < 2:
+        return {}
+    return {"step": step, "filename": safe_filename(f"{step}-{item['name']}")}
 
 
 def outputs_of(status: dict[str, Any]) -> list[dict[str, Any]]:

@@ -272,6 +272,9 @@ ROUTES: dict[str, Route] = {
                               "The job.", {"allOf": [ref("Job"), status_schema(None)]})}),
     "jobs.delete_job": Route("Cancel a job.", "jobs", errors=(203, 210, 223), ok={"202": _cancel_ok}),
     "jobs.output": Route("Download one of a job's output files (Range and conditional requests).", "jobs",
+                         description="A pipeline serves its steps' outputs; `step` picks the step when two "
+                                     "steps made files of the same name.",
+                         params=(query("step", "A pipeline's step name (only for a pipeline's outputs)."),),
                          errors=(203, 208, 223), ok={"200": {"description": "The file.",
                                                              "content": {"*/*": {"schema": {}}}}}),
     "annotate.annotate": Route(

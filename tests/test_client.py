@@ -124,6 +124,17 @@ def test_output_names_become_safe_file_names(name, expected):
     assert safe_filename(name) == expected
 
 
+def test_pipeline_outputs_of_the_same_name_are_fetched_by_step_and_saved_apart():
+    from service_gateway.client import saved_as
+    status = {"result": {"outputs": [{"name": "thumbs.jpg", "step": "early"}, {"name": "thumbs.jpg", "step": "late"},
+                                     {"name": "transcoded.mp4", "step": "small"}]}}
+    first, second, only = status["result"]["outputs"]
+    assert saved_as(first, status) == {"step": "early", "filename": "early-thumbs.jpg"}
+    assert saved_as(second, status) == {"step": "late", "filename": "late-thumbs.jpg"}
+    assert saved_as(only, status) == {}                         # a unique name keeps its name
+    assert saved_as({"name": "x.mp4"}, {"result": {"outputs": [{"name": "x.mp4"}]}}) == {}
+
+
 def test_config_flags_win_over_environment_over_file(tmp_path):
     file = tmp_path / "client.toml"
     file.write_text('url = "http://file:1"\nclient_id = "c_file"\nsecret = "from-file"\n')

@@ -163,6 +163,12 @@ def test_a_pipeline_runs_its_stages_with_one_rising_progress_and_merges_the_resu
     probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
                             "stream=height", "-of", "json", "-"], input=download.content, capture_output=True)
     assert json.loads(probe.stdout)["streams"][0]["height"] == 360
+    # The pipeline's own uuid serves its steps' outputs (what `sg submit <pipeline> --wait` downloads)
+    through_pipeline = stack.request("GET", f"/jobs/{job_id}/outputs/transcoded.mp4")
+    assert through_pipeline.status_code == 200 and through_pipeline.content == download.content
+    assert stack.request("GET", f"/jobs/{job_id}/outputs/transcoded.mp4?step=small").status_code == 200
+    wrong_step = stack.request("GET", f"/jobs/{job_id}/outputs/transcoded.mp4?step=faces")
+    assert (wrong_step.status_code, wrong_step.json()["code"]) == (404, 208)
 
     # Another caller sees neither the pipeline nor its steps
     other = stack.request("GET", f"/jobs/{small_id}", sub="mallory")

@@ -111,8 +111,18 @@ def job_deliveries(job_id: str):
 def output(job_id: str, name: str):
     rt = runtime()
     job = jobs.find_job(rt, g.identity, job_id)
-    path = LocalStorage(rt.settings.output_dir).path(job.uuid, name)
+    storage = LocalStorage(rt.settings.output_dir)
+    step = request.args.get("step")
+    path = storage.path(job.uuid, name) if not step else None
+    if path is None and job.pipeline:
+        # A pipeline's outputs are its steps': the first step (in the order they ran) that has one
+        # of that name, or the step named by ?step= when two steps made files of the same name.
+        for child in sorted(rt.store.children(job.uuid), key=lambda c: (c.created_at, c.step or "")):
+            if step in (None, child.step):
+                path = storage.path(child.uuid, name)
+                if path is not None:
+                    break
     if path is None:
-        raise APIError(208, f"job {job.uuid} has no output named {name!r}")
+        raise APIError(208, f"job {job.uuid} has no output named {name!r}" + (f" in step {step!r}" if step else ""))
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return send_file(path, mimetype=content_type, as_attachment=True, download_name=name, conditional=True)
