@@ -23,6 +23,7 @@ def report(rt: Runtime) -> dict[str, Any]:
     queues = queue_stats(rt)
     since = utcnow() - timedelta(seconds=window_s)
     online = rt.store.workers_online(within_s=3 * settings.worker_heartbeat_s)
+    waiting = rt.store.count_waiting()
     with rt.store.engine.connect() as conn:
         running = dict(conn.execute(select(Job.service, func.count()).where(
             Job.finished_at.is_(None), Job.status.in_(RUNNING)).group_by(Job.service)).all())
@@ -34,7 +35,11 @@ def report(rt: Runtime) -> dict[str, Any]:
     for service, spec in sorted(rt.services.items()):
         queue = spec.queue
         broker = queues.get(queue, {})
-        backlog = broker.get("messages") or 0
+        # Waiting = accepted and not started. The broker counts only the messages ready in the queue;
+        # a worker also holds prefetched messages (and retries due later) that have not started: the
+        # job store counts those too. Both are exact; the backlog is the larger.
+        ready = broker.get("messages") or 0
+        backlog = max(ready, waiting.get(queue, 0))
         workers = [w for w in online if queue in w.queues.split(",")]
         processes = sum(w.concurrency for w in workers)
         done = recent[service].done if service in recent else 0
@@ -42,7 +47,8 @@ def report(rt: Runtime) -> dict[str, Any]:
         now_running = running.get(service, 0)
         recommended, reasoning = _recommend(backlog, now_running, processes, mean_s, target_s)
         out.append({
-            "service": service, "queue": queue, "backlog": backlog, "running": now_running,
+            "service": service, "queue": queue, "backlog": backlog, "in_queue": ready,
+            "held_by_workers": backlog - ready, "running": now_running,
             "consumers": broker.get("consumers"), "workers": [
                 {"hostname": w.hostname, "concurrency": w.concurrency} for w in workers],
             "worker_processes": processes,

@@ -50,6 +50,22 @@ def test_infrastructure_reports_an_exact_backlog_and_recommends_workers(stack, m
     assert probe["worker_processes"] >= 1 and probe["workers"][0]["concurrency"] >= 1
 
 
+def test_the_backlog_counts_the_jobs_a_busy_worker_holds_but_has_not_started(stack, media):
+    """Prefetched messages left the broker's queue but wait all the same: backlog + running = unfinished."""
+    ids = [stack.submit("transcode", f"file://{media}/medium.mp4", sub="busy", preset="webm-vp9", speed="slow")
+           for _ in range(5)]                                    # the stack's worker runs 2 at a time
+    try:
+        def settled():
+            q = infra(stack)["transcode"]
+            return q if q["running"] == 2 and q["backlog"] + q["running"] == 5 else None
+        transcode = wait_for(settled, 60, "2 running and 3 waiting")
+        assert transcode["in_queue"] + transcode["held_by_workers"] == transcode["backlog"] == 3
+        assert "3 waiting" in transcode["reasoning"]
+    finally:
+        for job_id in ids:
+            stack.request("DELETE", f"/jobs/{job_id}", sub="busy")
+
+
 def test_admin_sees_queues_workers_and_jobs_in_progress(stack, media):
     job_id = stack.submit("transcode", f"file://{media}/medium.mp4", preset="webm-vp9", speed="slow")
     stack.wait_status("transcode", job_id, {"PROGRESS"})
