@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -43,6 +44,8 @@ def _migration_lock(engine: Engine) -> Iterator[Connection]:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the job store schema to ``revision``."""
+    # Alembic logs a line per plugin at INFO on every call, i.e. on every gateway and worker start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     with _migration_lock(engine) as conn:
         command.upgrade(alembic_config(conn), revision)
 
