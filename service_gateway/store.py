@@ -59,6 +59,8 @@ class Job(Base):
     misc: Mapped[dict] = mapped_column(JSON, default=dict)
     ann_doc_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The client asked for throttled progress deliveries to callback_url too (docs/webhooks.md).
+    callback_progress: Mapped[bool] = mapped_column(Boolean, default=False)
     progress: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
