@@ -153,6 +153,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 #: built once: every status and submit reads a job this way
+_INSERT_JOB = Job.__table__.insert()
 _GET_JOB = select(Job.__table__).where(Job.__table__.c.uuid == bindparam("uuid"))
 
 
@@ -172,10 +173,10 @@ class JobStore:
             self._pid = os.getpid()
         return self._engine
 
-    def _run(self, statement, *, what: str = "job store"):
+    def _run(self, statement, params: dict[str, Any] | None = None, *, what: str = "job store"):
         try:
             with self.engine.connect() as conn:
-                result = conn.execute(statement)
+                result = conn.execute(statement, params)
                 if result.returns_rows:
                     return result.all()
                 return result.rowcount
@@ -197,7 +198,9 @@ class JobStore:
     # -- jobs ---------------------------------------------------------------------------------
     def add(self, **fields: Any) -> None:
         fields.setdefault("created_at", utcnow())
-        self._run(Job.__table__.insert().values(**fields))
+        # The one statement with the values as parameters: SQLAlchemy compiles it once per set of
+        # columns, where .values(**fields) rebuilt and re-keyed the statement on every submit.
+        self._run(_INSERT_JOB, fields)
 
     def add_if_absent(self, **fields: Any) -> bool:
         """Insert a job unless its uuid exists (a pipeline step another process created); True if inserted."""
