@@ -71,6 +71,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cancel_poll_interval_s", float, 0.5, "How often a running job checks the job store for a "
             "cancel request."),
     Setting("download_timeout_s", float, 30.0, "Connect and read timeout of media downloads."),
+    Setting("download_deadline_s", float, 3600.0, "Longest a whole media download may take (connection, "
+            "redirects, body), whatever its pace; past it the download fails as a transient fault (301), retried."),
     Setting("download_max_bytes", int, 20 * 1024**3, "Largest media file a worker downloads."),
     Setting("max_request_bytes", int, 1024 * 1024, "Largest request body the gateway accepts (413 above)."),
     Setting("publish_timeout_s", float, 5.0, "How long a submit waits for the broker to confirm the task "

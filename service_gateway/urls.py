@@ -59,11 +59,39 @@ def check_host(host: str, *, resolve: bool) -> None:
     except ValueError:
         if not resolve:
             return
-        try:
-            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-        except socket.gaierror:
-            raise URLRefused(f"host {host!r} does not resolve") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+        addresses = _resolve(host)
+    _check_addresses(host, addresses)
+
+
+def resolve_checked(host: str, *, allow_private: bool) -> list[str]:
+    """Resolve ``host`` once and return its addresses, every one checked unless private ones are allowed.
+
+    The connection must then go to these addresses (see :mod:`service_gateway.pinned_http`): a second
+    resolution could answer differently (DNS rebinding) and reach an address nobody checked.
+
+    Raises:
+        URLRefused: the host does not resolve, or one of its addresses is not public.
+    """
+    if not allow_private:
+        check_host(host, resolve=False)           # the loopback names, before any lookup
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        addresses = _resolve(host)
+    if not allow_private:
+        _check_addresses(host, addresses)
+    return list(dict.fromkeys(str(address) for address in addresses))
+
+
+def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        raise URLRefused(f"host {host!r} does not resolve") from None
+    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+def _check_addresses(host: str, addresses: list) -> None:
     for address in addresses:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped

@@ -89,8 +89,9 @@ def deliver(store: JobStore, settings, job_uuid: str, url: str, body: dict[str, 
     status_code, error = None, None
     try:
         check_callback_url(url, settings.allow_private_urls, resolve=True)   # re-checked: DNS may have changed
-        with requests.Session() as session:
-            session.trust_env = False
+        from .pinned_http import pinned_session
+        session, _ = pinned_session(settings.allow_private_urls)   # connects to the address it checked
+        with session:
             answer = session.post(url, data=payload, headers=headers, allow_redirects=False,
                                   timeout=(settings.webhook_timeout_s, settings.webhook_timeout_s))
             status_code = answer.status_code

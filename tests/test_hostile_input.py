@@ -83,6 +83,17 @@ class _Server:
                         self.wfile.write(b"\0" * 65536)
                 elif self.path == "/slow":
                     stop.wait(10)
+                elif self.path.startswith("/drip"):
+                    # A byte every 50 ms: never idle long enough for a per-read timeout to trip
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    if self.path == "/drip-body":
+                        self.wfile.write(b"Content-Length: 100000\r\n\r\n")
+                    while not stop.wait(0.05):
+                        try:
+                            self.wfile.write(b"x" if self.path == "/drip-body" else b"X-Drip: 1\r\n")
+                            self.wfile.flush()
+                        except OSError:
+                            return
                 else:
                     self.send_error(418)
 
@@ -121,6 +132,123 @@ def test_downloads_are_bounded_in_size_and_time(tmp_path, server):
     with pytest.raises(JobError) as private:
         fetch(f"{server.url}/big", tmp_path, load_settings({"data_dir": str(tmp_path)}))
     assert private.value.code == 207
+
+
+@pytest.mark.parametrize("path", ["/drip-body", "/drip-headers"])
+def test_a_drip_feeding_server_is_cut_at_the_download_deadline(tmp_path, server, path):
+    # Each read gets a byte well within its 2 s timeout, so only the total deadline can stop this one
+    settings = load_settings({"data_dir": str(tmp_path), "allow_private_urls": True,
+                              "download_timeout_s": 2, "download_deadline_s": 0.5})
+    with pytest.raises(JobError) as cut:
+        fetch(f"{server.url}{path}", tmp_path, settings)
+    assert cut.value.code == 301 and cut.value.transient, cut.value
+    assert "SG_DOWNLOAD_DEADLINE_S" in cut.value.message
+
+
+# -- DNS rebinding: the connection goes to the address that was checked -----------------------------
+class Resolver:
+    """``socket.getaddrinfo`` for one made-up host name: the answers in turn (the last one repeats)."""
+
+    def __init__(self, monkeypatch, name: str, *answers: str) -> None:
+        import socket
+        self.name, self.answers, self.asked = name, list(answers), 0
+        real = socket.getaddrinfo
+
+        def getaddrinfo(host, port, *args, **kwargs):
+            if host != name:
+                return real(host, port, *args, **kwargs)
+            address = self.answers[min(self.asked, len(self.answers) - 1)]
+            self.asked += 1
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port or 0))]
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+class Recorder:
+    """A loopback HTTP(S) server that records each request's Host header (and the TLS SNI)."""
+
+    def __init__(self, tls_dir: Path | None = None) -> None:
+        self.hosts: list[str] = []
+        self.sni: list[str | None] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.hosts.append(self.headers["Host"])
+                self.send_response(200)
+                self.send_header("Content-Length", "5")
+                self.end_headers()
+                self.wfile.write(b"media")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        if tls_dir is not None:
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls_dir / "cert.pem", tls_dir / "key.pem")
+            context.sni_callback = lambda sock, name, ctx: outer.sni.append(name)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_name_that_resolves_public_at_check_time_and_private_later_is_never_connected_to(tmp_path, monkeypatch):
+    # Given a host name whose first answer is public and every later one the loopback server's
+    recorder = Recorder()
+    try:
+        resolver = Resolver(monkeypatch, "media.example.org", "93.184.216.34", "127.0.0.1")
+        settings = load_settings({"data_dir": str(tmp_path)})          # private addresses refused
+        # When a job downloads from it (the check passes on the first answer)
+        with pytest.raises(JobError) as refused:
+            fetch(f"http://media.example.org:{recorder.port}/clip.mp4", tmp_path, settings)
+        # Then the connection's own resolution is checked too: refused, and nothing reached loopback
+        assert refused.value.code == 207 and "private" in refused.value.message
+        assert resolver.asked == 2 and recorder.hosts == []
+    finally:
+        recorder.close()
+
+
+def test_a_pinned_download_keeps_the_host_name_in_the_host_header(tmp_path, monkeypatch):
+    recorder = Recorder()
+    try:
+        resolver = Resolver(monkeypatch, "media.test", "127.0.0.1")
+        settings = load_settings({"data_dir": str(tmp_path), "allow_private_urls": True})
+        path = fetch(f"http://media.test:{recorder.port}/clip.mp4", tmp_path, settings)
+        assert path.read_bytes() == b"media"
+        # one lookup, the connection's (private addresses allowed: no separate check)
+        assert recorder.hosts == [f"media.test:{recorder.port}"] and resolver.asked == 1
+    finally:
+        recorder.close()
+
+
+def test_a_pinned_tls_connection_sends_sni_and_verifies_the_certificate_for_the_host_name(tmp_path, monkeypatch):
+    import subprocess
+
+    from service_gateway.pinned_http import pinned_session
+    # A certificate for media.test only (not for 127.0.0.1, the address the connection goes to)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=media.test",
+                    "-addext", "subjectAltName=DNS:media.test", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    recorder = Recorder(tls_dir=tmp_path)
+    try:
+        Resolver(monkeypatch, "media.test", "127.0.0.1")
+        session, _ = pinned_session(allow_private=True)
+        with session:
+            answer = session.get(f"https://media.test:{recorder.port}/x", verify=str(tmp_path / "cert.pem"),
+                                 timeout=10)
+            assert answer.content == b"media"
+            assert recorder.sni == ["media.test"] and recorder.hosts == [f"media.test:{recorder.port}"]
+            # The same certificate does not pass for another name on the same address
+            Resolver(monkeypatch, "other.test", "127.0.0.1")
+            with pytest.raises(requests.exceptions.SSLError):
+                session.get(f"https://other.test:{recorder.port}/x", verify=str(tmp_path / "cert.pem"), timeout=10)
+    finally:
+        recorder.close()
 
 
 # -- broken media, to every service, through the real worker -----------------------------------------

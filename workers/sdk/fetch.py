@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -20,7 +21,8 @@ def fetch(url: str, dest_dir: Path, settings: Settings, check_cancelled=lambda: 
     """Return a local path of the document at ``url``.
 
     file:// URLs under SG_FILE_ROOTS are used in place; http(s) documents are streamed to
-    ``dest_dir`` with timeouts and a size limit, each redirect re-checked.
+    ``dest_dir`` with per-read timeouts, a total deadline and a size limit, each redirect re-checked,
+    each connection made to the address that was checked (no second DNS answer is trusted).
 
     Raises:
         JobError: 207 when the URL is refused, 301 when the download fails.
@@ -39,19 +41,35 @@ def fetch(url: str, dest_dir: Path, settings: Settings, check_cancelled=lambda: 
 
 
 def _download(url: str, dest_dir: Path, settings: Settings, check_cancelled) -> Path:
+    """Stream ``url`` to ``dest_dir``: connections pinned to checked addresses, the whole download
+    bounded by SG_DOWNLOAD_DEADLINE_S (a timer cuts the connection), each read by SG_DOWNLOAD_TIMEOUT_S."""
     import requests
+
+    from service_gateway.pinned_http import pinned_session
 
     suffix = Path(urlsplit(url).path).suffix
     dest = dest_dir / ("input" + (suffix if _SUFFIX.match(suffix) else ""))
     timeout = (settings.download_timeout_s, settings.download_timeout_s)
     limit = settings.download_max_bytes
-    with requests.Session() as session:
-        session.trust_env = False
+    session, adapter = pinned_session(settings.allow_private_urls)
+    deadline = threading.Timer(settings.download_deadline_s, adapter.abort)
+    deadline.daemon = True
+    deadline.start()
+
+    def too_slow() -> JobError:
+        # A drip-feeding or stalled server: transient (retried with backoff), like a timeout.
+        return JobError(301, f"download took longer than {settings.download_deadline_s:g} s "
+                             "(SG_DOWNLOAD_DEADLINE_S)", transient=True)
+    try:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 response = session.get(current, stream=True, timeout=timeout, allow_redirects=False)
+            except URLRefused as exc:      # the pinned adapter's own check, at connection time
+                raise JobError(207, f"doc_url {exc}") from None
             except requests.RequestException as exc:
+                if adapter.aborted:
+                    raise too_slow() from None
                 # Timeouts and refused or reset connections may pass: the job is retried later.
                 raise JobError(301, f"download failed: {exc.__class__.__name__}", transient=True) from None
             with response:
@@ -79,6 +97,13 @@ def _download(url: str, dest_dir: Path, settings: Settings, check_cancelled) -> 
                             fh.write(chunk)
                             check_cancelled()
                 except requests.RequestException as exc:
+                    if adapter.aborted:
+                        raise too_slow() from None
                     raise JobError(301, f"download interrupted: {exc.__class__.__name__}", transient=True) from None
+                if adapter.aborted:        # cut at the deadline while the body had no declared length
+                    raise too_slow()
                 return dest
         raise JobError(301, f"more than {MAX_REDIRECTS} redirects")
+    finally:
+        deadline.cancel()
+        session.close()
