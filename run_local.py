@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run Service Gateway on one machine: gateway + one worker for all queues (+ Flower).
 
-    python run_local.py [--port 5000] [--data-dir ./var] [--flower]
+    python run_local.py [--port 5000] [--data-dir ./var] [--flower [--flower-port 5555]]
 
 With no SG_BROKER_URL it uses the embedded default (SQLite files under the data dir). It prints
 an admin token and curl commands to paste, and Ctrl-C stops everything.
@@ -28,7 +28,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--data-dir", default=os.environ.get("SG_DATA_DIR", "./var"))
-    parser.add_argument("--flower", action="store_true", help="also start Flower on port 5555")
+    parser.add_argument("--flower", action="store_true", help="also start Flower, behind basic auth")
+    parser.add_argument("--flower-port", type=int, default=5555, help="Flower's port (default 5555)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--no-sample", action="store_true", help="do not generate the sample clip")
     args = parser.parse_args()
@@ -79,7 +80,7 @@ def main() -> int:
         # Flower behind basic auth, never open: the operator's own, or a password made for this run.
         flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
         procs.append(("flower", subprocess.Popen(
-            [str(bin_dir / "celery"), "-A", "workers", "flower", "--port=5555", "--address=127.0.0.1"],
+            [str(bin_dir / "celery"), "-A", "workers", "flower", f"--port={args.flower_port}", "--address=127.0.0.1"],
             env={**env, "FLOWER_BASIC_AUTH": flower_auth}, start_new_session=True)))
 
     stopping = False
@@ -96,7 +97,7 @@ def main() -> int:
         token = make_token(settings.secret, "admin", admin=True, expires_in_s=24 * 3600)
         print_banner(args.port, token, sample, settings.embedded, admin_client)
         if flower_auth:
-            print(f"Flower: http://127.0.0.1:5555  (basic auth {flower_auth})", flush=True)
+            print(f"Flower: http://127.0.0.1:{args.flower_port}  (basic auth {flower_auth})", flush=True)
         while not stopping:
             for name, proc in procs:
                 if proc.poll() is not None:

@@ -113,6 +113,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhook_timeout_s", float, 10.0, "Connect and read timeout of one webhook delivery."),
     Setting("worker_metrics_port", int, 0, "Port on which each worker serves its Prometheus metrics (job "
             "durations, queue waits); 0 = off."),
+    Setting("flower_allow_open", bool, False, "Let `celery -A workers flower` serve without auth; by default it "
+            "refuses to start unless FLOWER_BASIC_AUTH or Flower's OAuth (FLOWER_AUTH) is set."),
     Setting("work_dir", str, "", "Parent of the private temp dirs of running jobs. Empty = system temp dir."),
     Setting("log_format", str, "json", "json or text."),
     Setting("log_level", str, "INFO", "Log level of gateway and workers."),
