@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 import uuid as uuidlib
+from collections import OrderedDict
+from datetime import datetime, timezone
 from typing import Any
 
 from kombu.exceptions import OperationalError as BrokerError
@@ -181,7 +185,8 @@ def find_job(rt: Runtime, identity: Identity, job_id: str | None, service: str |
     """Return the caller's job; 404 (code 203) for unknown ids and for other callers' jobs alike."""
     if not job_id:
         raise APIError(206, "uuid is required: the id returned when the job was submitted")
-    job = rt.store.get(job_id) if _looks_like_uuid(job_id) else None
+    remembered = rt.succeeded.get(job_id)
+    job = remembered[0] if remembered else rt.store.get(job_id) if _looks_like_uuid(job_id) else None
     if job is None or (job.owner != identity.subject and not identity.admin) or (service and job.service != service):
         raise APIError(203, f"no job {job_id!r} is visible to this token")
     # A pipeline's step is the pipeline's: its scope is the pipeline's
@@ -215,11 +220,14 @@ def status(rt: Runtime, job: Job, url_root: str) -> dict[str, Any]:
         from .pipelines import running_status
         body.update(running_status(rt, job, read_meta))
         return body
-    meta = read_meta(rt, job.uuid)
+    remembered = rt.succeeded.get(job.uuid) if state is JobStatus.SUCCESS else None
+    meta = remembered[1] if remembered else read_meta(rt, job.uuid)
     backend_state = meta.get("status", "PENDING")
     if backend_state == RETRYING:
         backend_state = JobStatus.RETRY.value
     if backend_state == JobStatus.SUCCESS.value:
+        if state is JobStatus.SUCCESS and not remembered:
+            rt.succeeded.put(job, meta, rt.settings.result_expires_s)
         body.update(status=backend_state, progress=100, result=_absolute_outputs(meta.get("result"), url_root))
     elif state is JobStatus.SUCCESS:
         # The store knows it finished; the backend has forgotten the result.
@@ -245,6 +253,54 @@ def render(body: dict[str, Any], request) -> dict[str, Any]:
         page_id = request.base_url + f"?uuid={body['uuid']}&format=webannotation"
         body = dict(body, result=to_web_annotations(body["result"], page_id))
     return body
+
+class SucceededJobs:
+    """Jobs that ended SUCCESS, with their result, remembered by one process for status reads.
+
+    Neither the record nor the result of a SUCCESS job changes until the result expires, so a
+    client polling it need not cost a job-store and a result-backend round trip each time (they
+    were most of a status request, docs/benchmarks.md B2). An entry lives at most ``ttl_s`` and
+    never past its result's expiry, after which the backend is asked again and EXPIRED shows.
+    """
+
+    def __init__(self, size: int = 4096, ttl_s: float = 30.0) -> None:
+        self.size, self.ttl_s = size, ttl_s
+        self._jobs: OrderedDict[str, tuple[float, Job, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, uuid: str) -> tuple[Job, dict[str, Any]] | None:
+        with self._lock:
+            entry = self._jobs.get(uuid)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._jobs[uuid]
+                return None
+            return entry[1], entry[2]
+
+    def put(self, job: Job, meta: dict[str, Any], result_expires_s: float) -> None:
+        done = meta.get("date_done")
+        if isinstance(done, str):
+            try:
+                done = datetime.fromisoformat(done)
+            except ValueError:
+                return
+        if not isinstance(done, datetime):
+            return                   # no completion time: its expiry is unknown, so it is not kept
+        if self.ttl_s <= 0:
+            return
+        if done.tzinfo is None:
+            done = done.replace(tzinfo=timezone.utc)
+        age_s = (datetime.now(timezone.utc) - done).total_seconds()
+        left_s = result_expires_s - age_s if result_expires_s else self.ttl_s
+        if left_s <= 1:
+            return
+        with self._lock:
+            self._jobs[job.uuid] = (time.monotonic() + min(self.ttl_s, left_s - 1), job, meta)
+            self._jobs.move_to_end(job.uuid)
+            while len(self._jobs) > self.size:
+                self._jobs.popitem(last=False)
+
 
 
 def _error_dict(value: Any) -> dict[str, Any]:

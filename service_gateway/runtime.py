@@ -37,6 +37,12 @@ class Runtime:
         return Pipelines(self)
 
     @cached_property
+    def succeeded(self):
+        """Finished jobs remembered for status reads (see service_gateway.jobs.SucceededJobs)."""
+        from .jobs import SucceededJobs
+        return SucceededJobs(ttl_s=self.settings.status_cache_s)
+
+    @cached_property
     def celery(self) -> Celery:
         routes = {name: spec.queue for name, spec in self.services.items()}
         routes[WEBHOOK_TASK] = WEBHOOK_QUEUE

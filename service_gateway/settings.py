@@ -67,6 +67,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Python modules that declare the services (light imports only)."),
     Setting("result_expires_s", int, 86400, "How long the result backend keeps a job's result; after "
             "that its status is EXPIRED."),
+    Setting("status_cache_s", float, 30.0, "How long a gateway process may answer a SUCCESS job's status from "
+            "memory (never past its result's expiry); 0 reads the job store and result backend every time."),
     Setting("progress_interval_s", float, 0.5, "Minimum time between two progress writes of one job."),
     Setting("cancel_poll_interval_s", float, 0.5, "How often a running job checks the job store for a "
             "cancel request."),

@@ -155,6 +155,7 @@ def stack(request, tmp_path_factory, media, annotation_store):
             "SG_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
             "SG_RESULT_BACKEND": "redis://127.0.0.1:6379/1",
             "SG_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{database}",
+        "SG_STATUS_CACHE_S": "1",                 # a forgotten result shows as EXPIRED within a second
         })
     running = Stack(backend, env, work)
     try:

@@ -125,3 +125,33 @@ def test_unreachable_broker_is_503_with_retry_after_and_leaves_no_job(tmp_path, 
     assert app.extensions["service_gateway"].store.list(owner="alice")[0] == []
     ready = client.get("/ready")
     assert ready.status_code == 503 and ready.get_json()["checks"]["broker"] == "unreachable"
+
+
+def test_a_succeeded_job_is_remembered_until_its_ttl_and_never_past_its_result_expiry():
+    """SucceededJobs: the status of a SUCCESS job served from memory, within both bounds."""
+    from datetime import datetime, timedelta, timezone
+
+    from service_gateway.jobs import SucceededJobs
+    from service_gateway.store import Job
+
+    def job(uuid: str) -> Job:
+        return Job(uuid=uuid, owner="alice", service="probe", queue="probe", status="SUCCESS", doc_url="x")
+
+    now = datetime.now(timezone.utc)
+    cache = SucceededJobs(size=2, ttl_s=30)
+    cache.put(job("a"), {"status": "SUCCESS", "date_done": now.isoformat()}, result_expires_s=3600)
+    remembered = cache.get("a")
+    assert remembered is not None and remembered[0].uuid == "a" and remembered[1]["status"] == "SUCCESS"
+    # A result about to expire, one with no completion time, or caching turned off: not remembered.
+    cache.put(job("b"), {"status": "SUCCESS", "date_done": (now - timedelta(seconds=3599.5)).isoformat()}, 3600)
+    cache.put(job("c"), {"status": "SUCCESS"}, 3600)
+    SucceededJobs(ttl_s=0).put(job("d"), {"status": "SUCCESS", "date_done": now}, 3600)
+    assert cache.get("b") is None and cache.get("c") is None
+    # Bounded: the oldest entry goes first.
+    cache.put(job("e"), {"status": "SUCCESS", "date_done": now}, 3600)
+    cache.put(job("f"), {"status": "SUCCESS", "date_done": now}, 3600)
+    assert cache.get("a") is None and cache.get("e") and cache.get("f")
+    # An entry lives no longer than its result: here it would expire in 1.5 s, so it is kept < 1 s.
+    short = SucceededJobs(ttl_s=30)
+    short.put(job("g"), {"status": "SUCCESS", "date_done": (now - timedelta(seconds=8.5)).isoformat()}, 10)
+    assert short._jobs["g"][0] - time.monotonic() < 1
