@@ -13,10 +13,11 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, delete, func, select,
-                        update)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, and_, delete, func,
+                        or_, select, update)
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,14 +33,21 @@ ALL_SERVICES = "*"
 QUOTAS: dict[str, str] = {
     "max_in_flight": "jobs accepted and not yet finished",
     "max_jobs_per_day": "jobs accepted since 00:00 UTC",
-    "max_media_minutes_per_month": "minutes of media processed since the 1st of the month, 00:00 UTC",
+    "max_media_minutes_per_month": "minutes of media processed since the 1st of the month, 00:00 UTC, "
+                                   "and held by jobs in flight",
 }
 
-#: Failed logins for one client id within THROTTLE_WINDOW_S before it is locked out, and the lock.
+#: Failed logins for one client id from one address within THROTTLE_WINDOW_S before that address is
+#: locked out of that id, and the lock (doubling with each further failure, up to the max).
 THROTTLE_FAILURES = 5
+#: ... and failures for one client id from all addresses together before the id is locked for every
+#: address: the ceiling against guessing spread over many addresses.
+THROTTLE_CLIENT_FAILURES = 50
 THROTTLE_WINDOW_S = 300
 THROTTLE_LOCK_S = 30
 THROTTLE_LOCK_MAX_S = 900
+#: A finished job's reservation still counts this long while its usage record is on its way.
+RESERVATION_GRACE_S = 300
 
 
 class Client(Base):
@@ -67,7 +75,8 @@ class Client(Base):
 
 
 class LoginThrottle(Base):
-    """Failed logins per presented client id (known or not), for slowing down guessing."""
+    """Failed logins for slowing down guessing, keyed ``ip:<address> <client id>`` (per presented id,
+    known or not, and caller address) and ``id:<client id>`` (the id's ceiling, all addresses)."""
 
     __tablename__ = "login_throttle"
 
@@ -103,6 +112,24 @@ class UsageRecord(Base):
                 "cpu_seconds": self.cpu_seconds, "output_bytes": self.output_bytes,
                 "created_at": _iso(self.created_at), "started_at": _iso(self.started_at),
                 "finished_at": _iso(self.finished_at)}
+
+
+class MediaReservation(Base):
+    """The media seconds a job in flight holds against its client's monthly media quota.
+
+    Written with the job at submit (see service_gateway.quotas), deleted when the job's usage
+    record (its real media seconds) is written; it counts only while its job is unfinished.
+    """
+
+    __tablename__ = "media_reservations"
+
+    job_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    service: Mapped[str] = mapped_column(String(100))
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_media_reservations_owner", "owner"),)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -207,12 +234,18 @@ class Clients:
         return [Client(**r) for r in self._rows(select(Client.__table__).order_by(Client.created_at))]
 
     def update(self, client_id: str, *, revoke_tokens: bool = False, **values: Any) -> Client:
-        """Change a client; ``revoke_tokens`` bumps its token version so its tokens fail at once."""
+        """Change a client; ``revoke_tokens`` bumps its token version so its tokens fail at once.
+
+        Enabling a client or giving it a new secret also lifts its login lockouts (the operator's
+        remedy when someone else's failed guesses locked the client out).
+        """
         values["updated_at"] = utcnow()
         if revoke_tokens:
             values["token_version"] = Client.token_version + 1
         if not self.store._run(update(Client).where(Client.client_id == client_id).values(**values)):
             raise APIError(213, f"no client {client_id!r}")
+        if values.get("enabled") is True or "secret_hash" in values:
+            self.clear_login_failures(client_id)
         client = self.get(client_id)
         assert client is not None
         return client
@@ -222,24 +255,43 @@ class Clients:
         client = self.update(client_id, secret_hash=hasher().hash(secret), revoke_tokens=True)
         return NewClient(client, secret)
 
-    # login throttle
-    def throttled_for(self, client_id: str) -> float:
-        """Seconds until ``client_id`` may try to log in again (0 = now)."""
-        rows = self._rows(select(LoginThrottle.locked_until).where(LoginThrottle.client_id == client_id[:200]))
-        until = _aware(rows[0]["locked_until"]) if rows else None
+    # login throttle: per (client id, address), and a ceiling per client id over all addresses
+    def throttled_for(self, client_id: str, address: str | None) -> float:
+        """Seconds until ``client_id`` may try to log in again from ``address`` (0 = now)."""
+        rows = self._rows(select(LoginThrottle.locked_until).where(
+            LoginThrottle.client_id.in_(_throttle_keys(client_id, address))))
+        until = max((_aware(r["locked_until"]) for r in rows if r["locked_until"]), default=None)
         return max(0.0, (until - utcnow()).total_seconds()) if until else 0.0
 
-    def login_failed(self, client_id: str) -> float:
+    def login_failed(self, client_id: str, address: str | None) -> float:
         """Count a failure; return the lock in seconds it earned (0 = not locked)."""
-        key, now = client_id[:200], utcnow()
+        by_address, by_id = _throttle_keys(client_id, address)
+        return max(self._count_failure(by_address, THROTTLE_FAILURES),
+                   self._count_failure(by_id, THROTTLE_CLIENT_FAILURES))
+
+    def login_succeeded(self, client_id: str, address: str | None) -> None:
+        """A success clears the failures of its address; the id's ceiling keeps counting the others."""
+        self.store._run(delete(LoginThrottle).where(
+            LoginThrottle.client_id == _throttle_keys(client_id, address)[0]))
+
+    def clear_login_failures(self, client_id: str) -> None:
+        """Lift every lockout of ``client_id`` (all addresses and the ceiling)."""
+        by_id = _throttle_keys(client_id, None)[1]
+        self.store._run(delete(LoginThrottle).where(
+            (LoginThrottle.client_id == by_id)
+            | (LoginThrottle.client_id.startswith("ip:") & LoginThrottle.client_id.endswith(
+                " " + by_id[3:], autoescape=True))))
+
+    def _count_failure(self, key: str, threshold: int) -> float:
+        now = utcnow()
         rows = self._rows(select(LoginThrottle.__table__).where(LoginThrottle.client_id == key))
         if not rows or (now - _aware(rows[0]["window_start"])).total_seconds() > THROTTLE_WINDOW_S:
             failures, window_start = 1, now
         else:
             failures, window_start = rows[0]["failures"] + 1, _aware(rows[0]["window_start"])
         lock_s = 0.0
-        if failures >= THROTTLE_FAILURES:
-            lock_s = min(THROTTLE_LOCK_MAX_S, THROTTLE_LOCK_S * 2 ** (failures - THROTTLE_FAILURES))
+        if failures >= threshold:
+            lock_s = min(THROTTLE_LOCK_MAX_S, THROTTLE_LOCK_S * 2 ** min(failures - threshold, 10))
         values = {"failures": failures, "window_start": window_start,
                   "locked_until": now + timedelta(seconds=lock_s) if lock_s else None}
         if rows:
@@ -252,16 +304,29 @@ class Clients:
                                 .values(failures=LoginThrottle.failures + 1))
         return lock_s
 
-    def login_succeeded(self, client_id: str) -> None:
-        self.store._run(delete(LoginThrottle).where(LoginThrottle.client_id == client_id[:200]))
-
     # usage
     def record_usage(self, **values: Any) -> None:
-        """Write a job's usage record once (a redelivered job's second record is ignored)."""
+        """Write a job's usage record once (a redelivered job's second record is ignored), and settle
+        its media reservation: from now on the ledger's real media seconds count for the quota."""
         try:
-            self.store._run(UsageRecord.__table__.insert().values(**values))
+            self.store._run(UsageRecord.__table__.insert(), values)
         except IntegrityError:
             log.info("usage already recorded", extra={"job_id": values.get("job_uuid")})
+        # After the record (never before): a quota check in between counts the job twice, never zero times.
+        self.store._run(delete(MediaReservation).where(MediaReservation.job_uuid == values["job_uuid"]))
+
+    def job_ended(self, job: Job, notify: Callable[[str], None] | None) -> None:
+        """For a job that ended without a worker measuring a run (revoked in its queue, purged, or
+        failed by the lease sweeper): its usage record, with no media or time, and its webhook.
+
+        A pipeline job has no record of its own (its steps have theirs).
+        """
+        if job.pipeline is None:
+            self.record_usage(job_uuid=job.uuid, owner=job.owner, service=job.service, status=job.status,
+                              media_seconds=0.0, wall_seconds=0.0, cpu_seconds=0.0, output_bytes=0,
+                              created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at)
+        if job.callback_url and notify is not None:
+            notify(job.uuid)
 
     def usage(self, *, owner: str | None, since: datetime, until: datetime, service: str | None = None,
               group: str = "day") -> list[dict[str, Any]]:
@@ -293,12 +358,38 @@ class Clients:
                         "output_bytes": int(row["output_bytes"] or 0)})
         return out
 
-    def media_seconds_since(self, conn, owner: str, since: datetime, service: str | None) -> float:
-        query = select(func.coalesce(func.sum(UsageRecord.media_seconds), 0.0)).where(
+    def media_use(self, conn, owner: str, since: datetime, service: str | None, now: datetime) -> tuple[float, float]:
+        """(media seconds in the ledger since ``since``, seconds reserved by jobs in flight), in one
+        statement, so both are read from the same snapshot."""
+        processed = select(func.coalesce(func.sum(UsageRecord.media_seconds), 0.0)).where(
             UsageRecord.owner == owner, UsageRecord.finished_at >= since)
+        reserved = (select(func.coalesce(func.sum(MediaReservation.seconds), 0.0))
+                    .join(Job, Job.uuid == MediaReservation.job_uuid)
+                    .where(MediaReservation.owner == owner, _reservation_live(now)))
         if service:
-            query = query.where(UsageRecord.service == service)
-        return float(conn.execute(query).scalar() or 0.0)
+            processed = processed.where(UsageRecord.service == service)
+            reserved = reserved.where(MediaReservation.service == service)
+        row = conn.execute(select(processed.scalar_subquery(), reserved.scalar_subquery())).one()
+        return float(row[0] or 0.0), float(row[1] or 0.0)
+
+    def drop_dead_reservations(self, conn, owner: str, now: datetime) -> None:
+        """Forget the owner's reservations whose job is gone or long finished (no usage record came)."""
+        live = select(Job.uuid).where(Job.uuid == MediaReservation.job_uuid, _reservation_live(now)).exists()
+        conn.execute(delete(MediaReservation).where(MediaReservation.owner == owner, ~live))
+
+
+def _reservation_live(now: datetime):
+    """A reservation counts while its job is unfinished, or just finished with its usage record on the way
+    (a pipeline never gets one: its steps are billed)."""
+    return or_(Job.finished_at.is_(None),
+               and_(Job.finished_at > now - timedelta(seconds=RESERVATION_GRACE_S), Job.pipeline.is_(None)))
+
+
+def _throttle_keys(client_id: str, address: str | None) -> tuple[str, str]:
+    """The throttle's keys for a login attempt: per (address, id), and per id."""
+    cid = client_id[:150]
+    where = "".join(c if c.isprintable() and not c.isspace() else "_" for c in (address or "-")[:45])
+    return f"ip:{where} {cid}", f"id:{cid}"
 
 
 def _period(dialect: str, group: str):

@@ -355,9 +355,5 @@ def cancel(rt: Runtime, job: Job) -> Job:
     job = rt.store.get(job.uuid) or job
     if job.status == JobStatus.REVOKED.value and job.started_at is None and job.finished_at is not None:
         # Revoked in its queue: no worker will ever see it, so its (empty) usage record is written here.
-        rt.clients.record_usage(job_uuid=job.uuid, owner=job.owner, service=job.service, status=job.status,
-                                media_seconds=0.0, wall_seconds=0.0, cpu_seconds=0.0, output_bytes=0,
-                                created_at=job.created_at, started_at=None, finished_at=job.finished_at)
-        if job.callback_url:
-            notify_webhook(rt, job.uuid)
+        rt.clients.job_ended(job, lambda uuid: notify_webhook(rt, uuid))
     return job

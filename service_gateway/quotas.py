@@ -8,9 +8,16 @@ A client's ``quotas`` hold limits for all its jobs and, under ``services``, per 
 The check and the insert of the job row run under a per-client lock (an advisory transaction
 lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two submits cannot both see the last
 free slot.
+
+Media minutes count what the ledger recorded this month plus what jobs in flight *reserve*: a
+job under a media quota reserves, with its row and under the same lock, the duration its client
+declared (``misc.duration``, seconds; times the steps of a pipeline), or when none is declared
+all the minutes left (so an undeclared job runs alone against the quota). Its usage record
+settles the reservation to the real, probed media seconds (:meth:`Clients.record_usage`).
 """
 from __future__ import annotations
 
+import math
 import zlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -21,20 +28,27 @@ from sqlalchemy.exc import OperationalError
 from .clients import QUOTAS, Clients
 from .errors import APIError, Unavailable
 from .metrics import QUOTA_REFUSALS
+from .clients import MediaReservation
 from .store import IdempotencyKey, Job, JobStore, utcnow
 
 #: Retry-After for an in-flight quota: jobs finish at their own pace, so look again soon.
 IN_FLIGHT_RETRY_AFTER_S = 30
+MEDIA_QUOTA = "max_media_minutes_per_month"
+#: The misc field in which a client declares its document's duration (seconds) for the media quota.
+DURATION_FIELD = "duration"
+MAX_DECLARED_S = 366 * 86400
 
 
 class QuotaExceeded(APIError):
     """Raised when a job would go over one of its client's quotas (429, nothing enqueued)."""
 
-    def __init__(self, quota: str, scope: str, used: float, limit: float, retry_after_s: int | None) -> None:
+    def __init__(self, quota: str, scope: str, used: float, limit: float, retry_after_s: int | None,
+                 detail: str = "") -> None:
         unit = "minutes" if quota.endswith("minutes_per_month") else "jobs"
         super().__init__(
-            401, f"quota {quota}{scope} reached: {_num(used)} {unit} used ({QUOTAS[quota]}), limit {_num(limit)}; "
-                 "the job was not accepted" + (f", retry in {retry_after_s} s" if retry_after_s else ""),
+            401, f"quota {quota}{scope} reached: {_num(used)} {unit} used ({QUOTAS[quota]}){detail}, "
+                 f"limit {_num(limit)}; the job was not accepted"
+                 + (f", retry in {retry_after_s} s" if retry_after_s else ""),
             headers={"Retry-After": str(retry_after_s)} if retry_after_s else None)
         self.quota, self.used, self.limit = quota, used, limit
 
@@ -92,8 +106,12 @@ def _check_and_insert(conn, store: JobStore, quotas: dict[str, Any], job: dict[s
                 raise APIError(214, "this Idempotency-Key was used for a different request; use a new key "
                                     "for a new job")
             return seen.job_uuid
-    _check(conn, store, quotas, job)
+    reserve_s = _check(conn, store, quotas, job)
     conn.execute(Job.__table__.insert().values(**job))
+    if reserve_s is not None:
+        conn.execute(MediaReservation.__table__.insert().values(
+            job_uuid=job["uuid"], owner=job["owner"], service=job["service"], seconds=reserve_s,
+            created_at=job["created_at"]))
     if idempotency is not None:
         conn.execute(IdempotencyKey.__table__.insert().values(
             owner=job["owner"], key=idempotency[0], request_hash=idempotency[1], job_uuid=job["uuid"],
@@ -118,6 +136,36 @@ def _limits(quotas: dict[str, Any], service: str | None) -> list[tuple[str, str,
     return out
 
 
+def declared_seconds(job: dict[str, Any]) -> float | None:
+    """The media duration the client declared in ``misc.duration`` (seconds), None if it did not.
+
+    Raises:
+        APIError: 204 when it is not a number of seconds > 0.
+    """
+    value = (job.get("misc") or {}).get(DURATION_FIELD)
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_DECLARED_S:      # also NaN and inf
+        raise APIError(204, f"misc.{DURATION_FIELD}: the document's duration in seconds, a number > 0 "
+                            f"(e.g. 754.2), for the media-minutes quota")
+    return seconds
+
+
+def _steps(job: dict[str, Any]) -> int:
+    """Jobs the submit makes: a pipeline's steps each process (and bill) the media."""
+    pipeline = job.get("pipeline")
+    return max(1, sum(len(stage) for stage in pipeline["stages"])) if pipeline else 1
+
+
+def _month(now: datetime) -> tuple[datetime, datetime]:
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return month, (month + timedelta(days=32)).replace(day=1)
+
+
 def _used(conn, store: JobStore, quota: str, owner: str, service: str | None, now: datetime) -> tuple[float, int]:
     """The owner's current use for ``quota`` and the Retry-After (s) that would help."""
     # A pipeline counts once: its steps are not jobs the client submitted
@@ -129,18 +177,50 @@ def _used(conn, store: JobStore, quota: str, owner: str, service: str | None, no
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         used = conn.execute(select(func.count()).select_from(Job).where(*conditions, Job.created_at >= day))
         return used.scalar(), int((day + timedelta(days=1) - now).total_seconds()) + 1
-    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    next_month = (month + timedelta(days=32)).replace(day=1)
-    minutes = Clients(store).media_seconds_since(conn, owner, month, service) / 60
-    return round(minutes, 1), int((next_month - now).total_seconds()) + 1
+    month, next_month = _month(now)
+    processed, reserved = Clients(store).media_use(conn, owner, month, service, now)
+    return round((processed + reserved) / 60, 1), int((next_month - now).total_seconds()) + 1
 
 
-def _check(conn, store: JobStore, quotas: dict[str, Any], job: dict[str, Any]) -> None:
-    for quota, scope, service, limit in _limits(quotas, job["service"]):
+def _check(conn, store: JobStore, quotas: dict[str, Any], job: dict[str, Any]) -> float | None:
+    """Raise QuotaExceeded if the job would go over a quota; else return the media seconds it must
+    reserve (None when no media quota applies)."""
+    limits = _limits(quotas, job["service"])
+    reserve_s: float | None = None
+    if any(quota == MEDIA_QUOTA for quota, *_ in limits):
+        declared = declared_seconds(job)
+        need_s = declared * _steps(job) if declared is not None else None
+        Clients(store).drop_dead_reservations(conn, job["owner"], job["created_at"])
+    for quota, scope, service, limit in limits:
+        if quota == MEDIA_QUOTA:
+            left_s = _check_media(conn, store, scope, service, limit, job, need_s)
+            reserve_s = min(left_s if reserve_s is None else reserve_s, left_s) if need_s is None else need_s
+            continue
         used, retry_after_s = _used(conn, store, quota, job["owner"], service, job["created_at"])
         if used >= limit:
             QUOTA_REFUSALS.labels(quota).inc()
             raise QuotaExceeded(quota, scope, used, limit, retry_after_s)
+    return reserve_s
+
+
+def _check_media(conn, store: JobStore, scope: str, service: str | None, limit: float, job: dict[str, Any],
+                 need_s: float | None) -> float:
+    """Check one media-minutes limit; return the seconds it has left (what an undeclared job reserves)."""
+    now = job["created_at"]
+    month, next_month = _month(now)
+    processed, reserved = Clients(store).media_use(conn, job["owner"], month, service, now)
+    limit_s, used_s = limit * 60, processed + reserved
+    over = used_s + need_s > limit_s if need_s is not None else used_s >= limit_s
+    if not over:
+        return limit_s - used_s
+    # Only the month's end helps once what was processed leaves no room; else jobs in flight may settle lower.
+    month_end = processed + (need_s or 0) > limit_s or (need_s is None and processed >= limit_s)
+    retry_after_s = int((next_month - now).total_seconds()) + 1 if month_end else IN_FLIGHT_RETRY_AFTER_S
+    detail = f", {_num(round(reserved / 60, 1))} of them held by jobs in flight" if reserved else ""
+    if need_s is not None:
+        detail += f"; this job declares {_num(round(need_s / 60, 1))}"
+    QUOTA_REFUSALS.labels(MEDIA_QUOTA).inc()
+    raise QuotaExceeded(MEDIA_QUOTA, scope, round(used_s / 60, 1), limit, retry_after_s, detail)
 
 
 def quota_usage(store: JobStore, owner: str, quotas: dict[str, Any]) -> dict[str, Any]:

@@ -384,14 +384,15 @@ class JobStore:
         return {queue: count for queue, count in self._run(
             select(Job.queue, func.count()).where(waiting).group_by(Job.queue))}
 
-    def revoke_waiting(self, queue: str, message: str) -> int:
-        """End every job waiting in ``queue`` as REVOKED (code 109); return how many."""
+    def revoke_waiting(self, queue: str, message: str) -> list[Job]:
+        """End every job waiting in ``queue`` as REVOKED (code 109); return them as revoked."""
         waiting = and_(Job.queue == queue, Job.finished_at.is_(None),
                        Job.status.in_([JobStatus.PENDING.value, JobStatus.RETRY.value]),
                        or_(Job.lease_owner.is_(None), Job.lease_owner == QUEUED))
-        return self._run(update(Job).where(waiting).values(
+        rows = self._run(update(Job).where(waiting).values(
             status=JobStatus.REVOKED.value, finished_at=utcnow(), cancel_requested=True, error_code=109,
-            error_message=message, lease_owner=None, lease_until=None))
+            error_message=message, lease_owner=None, lease_until=None).returning(*Job.__table__.columns))
+        return [Job(**r._mapping) for r in rows]
 
     def in_progress(self) -> list[Job]:
         """Jobs a worker runs now (started, not finished), oldest first."""

@@ -153,9 +153,12 @@ def purge_queue(queue: str):
                             "to confirm")
     # The jobs first: a message purged afterwards can no longer start a job that is still PENDING.
     revoked = rt.store.revoke_waiting(queue, f"purged from its queue by {g.identity.subject}")
+    from ..jobs import notify_webhook
+    for job in revoked:     # no worker will see them: their usage records and webhooks are sent from here
+        rt.clients.job_ended(job, lambda uuid: notify_webhook(rt, uuid))
     with rt.celery.connection_for_write() as conn:
         purged = conn.default_channel.queue_purge(queue) or 0
-    return jsonify({"queue": queue, "jobs_revoked": revoked, "messages_purged": purged})
+    return jsonify({"queue": queue, "jobs_revoked": len(revoked), "messages_purged": purged})
 
 
 @bp.get("/workers")

@@ -42,20 +42,23 @@ def access_token():
     client_id, secret = body.get("client_id"), body.get("secret")
     if not isinstance(client_id, str) or not client_id or not isinstance(secret, str) or not secret:
         raise APIError(206, "client_id and secret are required (form fields or JSON)")
-    wait_s = rt.clients.throttled_for(client_id)
+    # Failures count per (client_id, address), so guesses from one place do not lock the client out
+    # everywhere, and per client_id over all addresses, a higher ceiling against spread-out guessing.
+    address = request.remote_addr
+    wait_s = rt.clients.throttled_for(client_id, address)
     if wait_s:
-        log.warning("login refused while locked out: client_id=%s from %s", client_id[:64], request.remote_addr)
+        log.warning("login refused while locked out: client_id=%s from %s", client_id[:64], address)
         raise APIError(402, f"too many failed logins for this client_id; retry in {int(wait_s) + 1} s",
                        headers={"Retry-After": str(int(wait_s) + 1)})
     client = rt.clients.get(client_id[:64])
     # verify_secret spends the same Argon2 time when there is no such client (timing-safe).
     ok = verify_secret(client.secret_hash if client else None, secret) and client is not None and client.enabled
     if not ok:
-        lock_s = rt.clients.login_failed(client_id)
-        log.warning("failed login: client_id=%s from %s%s", client_id[:64], request.remote_addr,
+        lock_s = rt.clients.login_failed(client_id, address)
+        log.warning("failed login: client_id=%s from %s%s", client_id[:64], address,
                     f"; locked out for {lock_s:.0f} s" if lock_s else "")
         raise APIError(225, BAD_CREDENTIALS)
-    rt.clients.login_succeeded(client_id)
+    rt.clients.login_succeeded(client_id, address)
     settings = rt.settings
     token = make_token(settings.secret, client.client_id, admin=client.admin, expires_in_s=settings.jwt_expires_s,
                        issuer=settings.jwt_issuer, audience=settings.jwt_audience, token_version=client.token_version)

@@ -86,7 +86,7 @@ def build(rt: Runtime) -> Celery:
 
     def sweep() -> None:
         from service_gateway.pipelines import resume_stalled
-        recover_expired(rt.store, settings, CeleryBackendSink(app.backend, 30), requeue)
+        recover_expired(rt.store, settings, CeleryBackendSink(app.backend, 30), requeue, on_finished=finished)
         resume_stalled(rt)
 
     heartbeat = _Heartbeat(rt, sweep)

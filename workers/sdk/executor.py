@@ -501,12 +501,14 @@ def _live_lease(row) -> bool:
     return until > utcnow()
 
 
-def recover_expired(store: JobStore, settings: Settings, sink: StateSink, requeue: Callable[[Any, float], None]) -> int:
+def recover_expired(store: JobStore, settings: Settings, sink: StateSink, requeue: Callable[[Any, float], None],
+                    on_finished: Callable[[str], None] | None = None) -> int:
     """Requeue (or fail, past their retries) the jobs whose lease expired; return how many were handled.
 
     A lease expires when the process running the job died without a word (SIGKILL, OOM, a lost
     node), or when a job waiting for a retry never got its message back. Each worker runs this
     periodically; the compare-and-set in :meth:`JobStore.release` makes exactly one of them act.
+    A job failed here gets its usage record and its webhook (``on_finished``) like any other.
     """
     handled = 0
     for row in store.expired_leases():
@@ -520,9 +522,12 @@ def recover_expired(store: JobStore, settings: Settings, sink: StateSink, requeu
                 if store.release(row.uuid, note=note, lease_owner=row.lease_owner, lease_until=row.lease_until):
                     error = JobError(110, f"the worker running this job was lost {row.attempts} times "
                                           f"(retry limit {limit}); it will not be run again")
-                    store.finish(row.uuid, JobStatus.FAILURE, progress=row.progress, error=(error.code, error.message))
+                    finished = store.finish(row.uuid, JobStatus.FAILURE, progress=row.progress,
+                                            error=(error.code, error.message))
                     sink.failed(row.uuid, JobStatus.FAILURE, error)
                     log.error("job failed: %s", error.message)
+                    if finished is not None:
+                        Clients(store).job_ended(finished, on_finished)
                     handled += 1
                 continue
             queued_until = utcnow() + timedelta(seconds=settings.job_lease_s * 2)
