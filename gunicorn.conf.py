@@ -16,6 +16,9 @@ threads = int(os.environ.get("SG_GUNICORN_THREADS", "8"))
 timeout = 60                # a request that blocks this long is a bug: the worker is restarted
 graceful_timeout = 30       # on SIGTERM / HUP, in-flight requests (downloads) get this long to finish
 keepalive = 5
+# Trust no peer's X-Forwarded-* here (gunicorn trusts loopback's X-Forwarded-Proto by default): the
+# gateway's SG_PROXY_HOPS (werkzeug ProxyFix) is the one place that decides whether they count.
+forwarded_allow_ips = ""
 max_requests = 20000        # recycle processes now and then (bounded memory growth), with jitter
 max_requests_jitter = 2000
 # One JSON object per request; X-Request-ID ties it to the gateway's and the worker's log lines.

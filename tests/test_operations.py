@@ -1,12 +1,18 @@
-"""Operating it: /infrastructure and `sg infra` with a real backlog, and the admin queue/worker/job routes."""
+"""Operating it: /infrastructure and `sg infra`, the admin routes, SG_PROXY_HOPS and `sg db upgrade`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import uuid
+from datetime import datetime, timezone
+from typing import Iterator
 
 import pytest
+from sqlalchemy import text
 
-from tests.stack import BIN, wait_for
+from tests.conftest import JWT_SECRET, need
+from tests.stack import BIN, Stack, drop_postgres_database, port_open, postgres_database, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -100,3 +106,124 @@ def test_purge_needs_confirmation_and_revokes_the_waiting_jobs(stack, media):
         stack.start_worker()
     later = stack.submit("probe", f"file://{media}/short.mp4", sub="purge")
     assert stack.wait_status("probe", later, {"SUCCESS", "FAILURE"}, sub="purge")["status"] == "SUCCESS"
+
+
+# -- behind a reverse proxy: SG_PROXY_HOPS ------------------------------------------------------------
+FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.org", "X-Forwarded-Prefix": "/media",
+             "X-Forwarded-For": "203.0.113.7"}
+
+
+def submit_and_finish(stack, base: str, media) -> tuple[str, list[str]]:
+    """Submit a transcode through ``base`` as a proxy would forward it; (Location, output URLs) it answers."""
+    headers = {**stack.headers("proxied"), **FORWARDED}
+    answer = stack.session.post(f"{base}/transcode/process", headers=headers, timeout=30,
+                                json={"doc_url": f"file://{media}/short.mp4", "params": {"preset": "mp4-360p"}})
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["uuid"]
+    stack.wait_status("transcode", job_id, {"SUCCESS"}, sub="proxied")
+    done = stack.session.get(f"{base}/transcode/status", params={"uuid": job_id}, headers=headers, timeout=30)
+    assert done.status_code == 200, done.text
+    urls = [o["url"] for o in done.json()["result"]["outputs"]]
+    assert urls and all(f"/jobs/{job_id}/outputs/" in url for url in urls)
+    return answer.headers["Location"], urls
+
+
+def test_forwarded_headers_count_only_with_sg_proxy_hops(stack, media):
+    # The stack's gateway has no SG_PROXY_HOPS: a client's X-Forwarded-* are ignored
+    location, urls = submit_and_finish(stack, stack.url, media)
+    assert location.startswith("/transcode/status?uuid=")
+    assert all(url.startswith(f"{stack.url}/jobs/") for url in urls), urls
+    # A second gateway on the same broker and store, behind one proxy: its headers make the public URLs
+    proxied = Stack(stack.name, {**stack.env, "SG_PROXY_HOPS": "1"}, stack.work_dir)
+    try:
+        proxied.start_gateway()
+        location, urls = submit_and_finish(stack, proxied.url, media)
+    finally:
+        proxied.stop()
+    assert location.startswith("/media/transcode/status?uuid=")
+    assert all(url.startswith("https://gw.example.org/media/jobs/") for url in urls), urls
+
+
+# -- sg db upgrade ------------------------------------------------------------------------------------
+FIRST_REVISION = "0001"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_database(request, tmp_path) -> Iterator[dict[str, str]]:
+    """The environment of a deployment whose job store is a new, empty database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SG_")}
+    env.update(SG_DATA_DIR=str(tmp_path / "data"), SG_JWT_SECRET=JWT_SECRET, SG_LOG_FORMAT="text")
+    if request.param == "sqlite":
+        yield {**env, "SG_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.sqlite'}"}
+        return
+    need(port_open("127.0.0.1", 5432), "PostgreSQL on 127.0.0.1:5432")
+    name = postgres_database("sg_upgrade")
+    try:
+        yield {**env, "SG_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}"}
+    finally:
+        drop_postgres_database(name)
+
+
+def sg_db_upgrade(env: dict[str, str]) -> str:
+    done = subprocess.run([str(BIN / "sg"), "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from service_gateway.migrations import alembic_config
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def test_sg_db_upgrade_makes_a_fresh_database_and_upgrades_an_old_one(fresh_database, tmp_path):
+    from alembic import command
+    from sqlalchemy import create_engine, inspect
+
+    from service_gateway.migrations import alembic_config, current
+    from service_gateway.store import Base
+    url = fresh_database["SG_DATABASE_URL"]
+    head = head_revision()
+    assert head != FIRST_REVISION
+    # A fresh database: every table of the code, at the newest revision
+    assert sg_db_upgrade(fresh_database) == f"job store at revision {head}"
+    engine = create_engine(url)
+    try:
+        assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+        assert sg_db_upgrade(fresh_database) == f"job store at revision {head}"        # again: nothing to do
+        # Back to the first release's schema, with a job it recorded
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), FIRST_REVISION)
+        assert current(engine) == FIRST_REVISION
+        assert "clients" not in inspect(engine).get_table_names()
+        old_job = str(uuid.uuid4())
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO jobs (uuid, owner, service, queue, status, doc_url, params, misc, progress, "
+                              "cancel_requested, error_code, error_message, created_at, finished_at) VALUES (:u, "
+                              "'old', 'probe', 'probe', 'FAILURE', 'file:///gone.mp4', '{}', '{}', 0, false, 301, "
+                              "'the document could not be fetched', :t, :t)"),
+                         {"u": old_job, "t": datetime.now(timezone.utc)})
+        # sg db upgrade brings it to the newest revision, the old job kept
+        assert sg_db_upgrade(fresh_database) == f"job store at revision {head}"
+        assert current(engine) == head
+    finally:
+        engine.dispose()
+    # and the gateway works on it: old records, new submits with an Idempotency-Key, clients
+    gateway = Stack("upgraded", fresh_database, tmp_path)
+    try:
+        gateway.start_gateway()
+        body = gateway.status("probe", old_job, sub="old")
+        assert body["status"] == "FAILURE" and body["result"] == {"code": 301,
+                                                                  "message": "the document could not be fetched"}
+        assert gateway.request("GET", f"/jobs/{old_job}", sub="old").status_code == 200
+        submit = {"doc_url": "http://media.example.org/a.mp4"}
+        again = {**gateway.headers("old"), "Idempotency-Key": "k1"}
+        first = gateway.request("POST", "/probe/process", json=submit, headers=again)
+        second = gateway.request("POST", "/probe/process", json=submit, headers=again)
+        assert first.status_code == 202 and second.json()["uuid"] == first.json()["uuid"]
+        made = gateway.request("POST", "/admin/clients", sub="ops", admin=True,
+                               json={"name": "upgraded", "scopes": ["probe"]})
+        assert made.status_code == 201, made.text
+    finally:
+        gateway.stop()
