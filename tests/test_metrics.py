@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import uuid
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import wait_for
+from tests.stack import BIN, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -80,3 +82,25 @@ def test_a_request_id_follows_the_job_into_the_worker_log(stack, media):
     assert re.search(rf'"request_id": "{request_id}"', gateway_log)           # the JSON access log line
     fresh = stack.session.get(f"{stack.url}/health", headers={"X-Request-ID": "bad id with spaces"}, timeout=30)
     assert re.fullmatch(r"[0-9a-f]{32}", fresh.headers["X-Request-ID"])        # replaced, not echoed
+
+
+def test_a_quota_refusal_is_counted_by_its_quota(stack, media):
+    # A client allowed one job a day
+    made = subprocess.run([str(BIN / "sg"), "clients", "add", f"metered-{uuid.uuid4().hex[:6]}", "--scopes", "probe",
+                           "--quota", "max_jobs_per_day=1", "--json"], env=stack.env, capture_output=True, text=True,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
+    creds = json.loads(made.stdout)
+    issued = requests.post(f"{stack.url}/auth/access-token", timeout=30,
+                           data={"client_id": creds["client_id"], "secret": creds["secret"]})
+    assert issued.status_code == 200, issued.text
+    client = {"Authorization": f"Bearer {issued.json()['access_token']}"}
+    admin = stack.headers("prometheus", admin=True)
+    before = value(scrape(f"{stack.url}/metrics", admin), "sg_quota_refusals_total", quota="max_jobs_per_day")
+    submit = {"doc_url": f"file://{media}/short.mp4"}
+    assert requests.post(f"{stack.url}/probe/process", json=submit, headers=client, timeout=30).status_code == 202
+    refused = requests.post(f"{stack.url}/probe/process", json=submit, headers=client, timeout=30)
+    assert (refused.status_code, refused.json()["code"]) == (429, 401), refused.text
+    # The counter is the gateway process's own (no cache): whichever gunicorn process answered, the sum has it
+    after = value(scrape(f"{stack.url}/metrics", admin), "sg_quota_refusals_total", quota="max_jobs_per_day")
+    assert after - before == 1
