@@ -1,6 +1,7 @@
 """transitions and thumbnails: unit tests of the detector and planners, then ground truth on a real stack."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from tests.truth import Case, failed, ffmpeg
 from tests.truth import thumbnails as thumbnails_truth
 from tests.truth import transitions as transitions_truth
 from workers.sdk import media
+from workers.sdk.local import run_order
 from workers.services import thumbnails, transitions
 from workers.services.transitions import HEIGHT, WIDTH, Detector, Settings
 
@@ -31,10 +33,27 @@ def moving(i: int, seed: int = 0) -> np.ndarray:
 
 
 def detect(frames, **params) -> list:
+    """The detector alone, fed frames directly: cuts and gradual transitions (black needs ffmpeg)."""
     detector = Detector(Settings(fps=FPS, **params))
     for frame in frames:
         detector.push(frame)
     return detector.finish()
+
+
+def run_clip(frames, tmp_path: Path, **params) -> dict:
+    """The whole service on the frames encoded losslessly: ffmpeg decodes them, blackdetect included."""
+    path = tmp_path / "clip.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
+                    "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", "pipe:0", "-c:v", "ffv1", str(path)],
+                   input=b"".join(np.ascontiguousarray(f, dtype=np.uint8).tobytes() for f in frames), check=True)
+    sink = run_order({"service": "transitions", "file": str(path), "params": params})
+    assert sink.result is not None, sink.error
+    return sink.result
+
+
+def labels(result: dict) -> list[tuple]:
+    return [(a["label"], a["data"].get("frame", a["data"].get("start_frame")), a["data"].get("fade"))
+            for a in result["annotations"]]
 
 
 def test_a_hard_cut_is_found_at_the_first_frame_of_the_new_shot():
@@ -54,8 +73,8 @@ def test_a_flash_is_not_a_cut():
 
 
 def test_cuts_closer_than_the_minimum_shot_are_dropped():
-    frames = [solid(60)] * 20 + [solid(200)] * 2 + [solid((0, 0, 255))] * 20
-    assert [e.start for e in detect(frames, min_shot_s=0)] == [20, 22]
+    frames = [solid(60)] * 20 + [solid(200)] * 4 + [solid((0, 0, 255))] * 20
+    assert [e.start for e in detect(frames, min_shot_s=0)] == [20, 24]
     assert [e.start for e in detect(frames, min_shot_s=0.2)] == [20]
 
 
@@ -71,26 +90,51 @@ def test_a_dissolve_is_found_with_its_span():
     assert 40 <= event.data["frame"] <= 64
 
 
-def test_a_fade_through_black_is_a_fade_and_the_black_is_reported():
-    up = [solid(int(180 * w)) for w in np.linspace(1, 0, 13)]
-    frames = [solid(180)] * 30 + up + [solid(0)] * 20 + up[::-1] + [solid(180)] * 30
-    events = detect(frames, min_black_s=0.5)
-    kinds = [(e.kind, e.data.get("fade")) for e in events]
-    assert ("black", None) in kinds
-    assert any(kind == "fade" for kind, _ in kinds), kinds
-    assert not any(kind == "cut" for kind, _ in kinds)
+def test_a_fade_out_and_in_are_fades_and_the_black_between_is_reported(tmp_path):
+    down = [solid(int(180 * w)) for w in np.linspace(1, 0, 13)]          # frames 60-72, black 73-92
+    frames = [solid(180)] * 60 + down + [solid(0)] * 20 + down[::-1] + [solid(180)] * 60
+    items = run_clip(frames, tmp_path, min_black_s=0.5)["annotations"]
+    fades = [(a["data"]["fade"], a["data"]["start_frame"], a["data"]["end_frame"]) for a in items
+             if a["label"] == "fade"]
+    assert [f[0] for f in fades] == ["out", "in"], items
+    assert 58 <= fades[0][1] and fades[0][2] <= 75 and 90 <= fades[1][1] and fades[1][2] <= 107, fades
+    assert not [a for a in items if a["label"] in ("cut", "dissolve")], items
+    (black,) = [a for a in items if a["label"] == "black"]
+    # blackdetect's own decision: a pixel is black up to 10 % of the luma range, so the ramp's darkest
+    # frames (180/12 = 15 of 255) are black too.
+    assert 70 <= black["data"]["start_frame"] <= 73 and 92 <= black["data"]["end_frame"] <= 95, black
 
 
-def test_black_segments_shorter_than_the_minimum_are_ignored():
+def test_a_short_fade_through_black_is_one_fade_and_not_a_cut(tmp_path):
+    """0.25 s out of a moving picture, 0.25 s into a coloured one: the detector's cut where it leaves black
+    (hue and saturation are undefined on black) is part of the fade."""
+    down = [(moving(40 + j) * w).astype(np.uint8) for j, w in enumerate(np.linspace(1, 0, 7))]   # 40-46
+    up = [solid((int(40 * w), int(90 * w), int(220 * w))) for w in np.linspace(0, 1, 7)]         # 46-52
+    frames = [moving(i) for i in range(40)] + down + up[1:] + [solid((40, 90, 220))] * 40
+    items = run_clip(frames, tmp_path)["annotations"]
+    assert [(a["label"], a["data"].get("fade")) for a in items] == [("fade", "through-black")], items
+    assert 38 <= items[0]["data"]["start_frame"] and items[0]["data"]["end_frame"] <= 54, items
+
+
+def test_black_segments_shorter_than_the_minimum_are_ignored(tmp_path):
     frames = [solid(150)] * 20 + [solid(0)] * 10 + [solid(150)] * 20
-    assert [e.kind for e in detect(frames, min_black_s=0.5, threshold=0.9)] == []
-    (black,) = [e for e in detect(frames, min_black_s=0.4, threshold=0.9) if e.kind == "black"]
-    assert (black.start, black.end) == (20, 30)
+    assert [x for x in labels(run_clip(frames, tmp_path, min_black_s=0.5, fades=False)) if x[0] == "black"] == []
+    found = labels(run_clip(frames, tmp_path, min_black_s=0.4, fades=False))
+    assert found == [("cut", 20, None), ("black", 20, None), ("cut", 30, None)], found
 
 
-def test_fades_off_and_black_off():
+def test_fades_off_and_black_off(tmp_path):
     frames = [solid(150)] * 20 + [solid(0)] * 30 + [solid(150)] * 20
-    assert [e.kind for e in detect(frames, black=False, fades=False)] == ["cut", "cut"]
+    assert labels(run_clip(frames, tmp_path, black=False, fades=False)) == [("cut", 20, None), ("cut", 50, None)]
+    assert ("black", 20, None) in labels(run_clip(frames, tmp_path, fades=False))
+
+
+@pytest.mark.parametrize("detector", ["adaptive", "content"])
+def test_the_threshold_is_the_pyscenedetect_detectors(detector):
+    # Grey 60 to grey 80: a content score of 20/3 (luma only changes), under the default 15.
+    frames = [solid(60)] * 20 + [solid(80)] * 20
+    assert detect(frames, detector=detector) == []
+    assert [(e.kind, e.start) for e in detect(frames, detector=detector, threshold=5)] == [("cut", 20)]
 
 
 def test_detector_memory_is_bounded():
@@ -100,23 +144,24 @@ def test_detector_memory_is_bounded():
     assert len(detector.frames) <= detector.keep + 1 and len(detector.d) <= detector.keep + 1
 
 
-def test_annotations_are_in_seconds_with_frames_and_scores():
-    events = detect([solid(60)] * 25 + [solid(0)] * 25 + [solid(200)] * 25, min_black_s=0.5)
-    items = transitions.to_annotations(events, FPS)
+def test_annotations_are_in_seconds_with_frames_and_scores(tmp_path):
+    result = run_clip([solid(60)] * 25 + [solid(0)] * 25 + [solid(200)] * 25, tmp_path, min_black_s=0.5)
+    items = result["annotations"]
     black = next(a for a in items if a["label"] == "black")
     assert (black["start"], black["end"], black["data"]["frames"]) == (1.0, 2.0, 25)
     cut = next(a for a in items if a["label"] == "cut" and a["start"] == 2.0)
     assert cut["data"]["frame"] == 50 and 0 < cut["data"]["score"] <= 1
-    summary = transitions.summarize(events, 75, FPS)
-    assert summary["black_segments"] == 1 and summary["frames"] == 75
+    assert result["summary"]["black_segments"] == 1 and result["summary"]["frames"] == 75
+    assert result["summary"]["cuts"] == 2 and result["duration"] == pytest.approx(3.0)
 
 
 def test_transitions_schema_fills_defaults_and_rejects_unknown_parameters():
     spec = transitions.service
-    params = spec.validate({"threshold": 0.2})
-    assert params["threshold"] == 0.2 and params["min_black_s"] == 0.5 and params["fades"] is True
-    assert spec.coerce({"threshold": "0.3", "fades": "false"}) == {"threshold": 0.3, "fades": False}
-    for bad in ({"threshold": 0}, {"threshold": 2}, {"nope": 1}, {"max_fade_s": 10}):
+    params = spec.validate({"threshold": 20})
+    assert params["threshold"] == 20 and params["min_black_s"] == 0.5 and params["fades"] is True
+    assert params["detector"] == "adaptive" and params["cut_ratio"] == 3
+    assert spec.coerce({"threshold": "27", "fades": "false"}) == {"threshold": 27, "fades": False}
+    for bad in ({"threshold": 0}, {"threshold": 256}, {"detector": "hash"}, {"nope": 1}, {"max_fade_s": 10}):
         with pytest.raises(ParameterError):
             spec.validate(bad)
     assert Settings(fps=25, max_fade_s=2).windows == [6, 12, 25, 50]
@@ -196,7 +241,7 @@ def test_transitions_meets_the_truth_through_the_form_route(stack, cases):
     progress = [body["progress"] for body in seen]
     assert progress == sorted(progress) and all(p < 100 for b, p in zip(seen, progress) if b["status"] != "SUCCESS")
     result = final["result"]
-    assert result["service"] == "transitions" and result["duration"] == pytest.approx(26.0, abs=0.05)
+    assert result["service"] == "transitions" and result["duration"] == pytest.approx(30.0, abs=0.05)
     checks = transitions_truth.score(result, case)
     assert not failed(checks), failed(checks)
 
