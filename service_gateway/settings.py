@@ -86,6 +86,12 @@ SETTINGS: tuple[Setting, ...] = (
             "(its children killed); 0 = no limit. Per service: time_limits."),
     Setting("time_limits", list, [], "Per-service time limits overriding time_limit_s, as service=seconds "
             "(e.g. transcode=7200,faces=1800; comma separated in the environment)."),
+    Setting("time_limit_grace_s", float, 60.0, "The hard time limit: this long past a job's time limit (which "
+            "stops it cleanly with code 108), a job that did not stop (a handler stuck outside the SDK) has its "
+            "pool process killed by Celery; its lease then expires and it is recovered as after a lost worker. "
+            "Per service: time_limit_graces."),
+    Setting("time_limit_graces", list, [], "Per-service hard time limit graces overriding time_limit_grace_s, as "
+            "service=seconds (e.g. transcode=300)."),
     Setting("job_lease_s", float, 30.0, "A running job renews its lease in the job store every third of this; "
             "a job whose lease expired (its worker died) is requeued, or failed with code 110 past its retries."),
     Setting("max_retries", int, 3, "Times a job is run again after a transient fault (download timeout, 5xx "
@@ -214,6 +220,18 @@ class Settings:
 
     def max_retries_for(self, service: str) -> int:
         """How many times a job of ``service`` may be run again after a transient fault."""
+    def hard_time_limit_for(self, service: str) -> float:
+        """Celery's hard time limit of a service's jobs: the time limit plus its grace (0 = none)."""
+        soft = self.time_limit_for(service)
+        if not soft:
+            return 0.0
+        grace = self.time_limit_grace_s
+        for item in self.time_limit_graces:
+            name, _, seconds = item.partition("=")
+            if name.strip() == service:
+                grace = float(seconds)
+        return soft + grace
+
         for item in self.retries:
             name, _, count = item.partition("=")
             if name.strip() == service:
@@ -300,6 +318,8 @@ _CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("time_limits", lambda v: all(_time_limit_item(i) for i in v), "service=seconds items, seconds > 0"),
     ("retries", lambda v: all(_time_limit_item(i.replace("=0", "=0.5")) and i.split("=")[1].strip().isdigit()
                               for i in v), "service=count items"),
+    ("time_limit_grace_s", lambda v: v > 0, "a number > 0"),
+    ("time_limit_graces", lambda v: all(_time_limit_item(i) for i in v), "service=seconds items, seconds > 0"),
     ("job_lease_s", lambda v: v >= 2, "a number >= 2"),
     ("progress_interval_s", lambda v: v > 0, "a number > 0"),
     ("cancel_poll_interval_s", lambda v: 0 < v <= 1.5, "a number in (0, 1.5] (cancel must land within 2 s)"),

@@ -73,12 +73,17 @@ class AnnotationStore:
     """A stand-in annotation storage on loopback that records what workers POST.
 
     ``ann_doc_id`` steers it: ``fail-*`` always answers 500, ``flaky-*`` answers 500 the first
-    time and 201 after; anything else 201.
+    time and 201 after, ``hold-*`` answers 201 only once the test calls :meth:`release` (so that
+    it can look at the job while the POST is in flight; HOLD_DEADLINE_S at most); anything else 201.
     """
+
+    HOLD_DEADLINE_S = 20
 
     def __init__(self) -> None:
         self.posts: dict[str, list[dict]] = {}
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.released: set[str] = set()
         store = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -89,6 +94,9 @@ class AnnotationStore:
                     tries = store.posts.setdefault(doc_id, [])
                     tries.append(body)
                     fail = doc_id.startswith("fail-") or (doc_id.startswith("flaky-") and len(tries) == 1)
+                    store.changed.notify_all()
+                    if doc_id.startswith("hold-"):
+                        store.changed.wait_for(lambda: doc_id in store.released, timeout=store.HOLD_DEADLINE_S)
                 self.send_response(500 if fail else 201)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -103,6 +111,19 @@ class AnnotationStore:
     def received(self, doc_id: str) -> list[dict]:
         with self.lock:
             return list(self.posts.get(doc_id, []))
+
+    def wait_received(self, doc_id: str, timeout_s: float) -> list[dict]:
+        """Wait until a POST for ``doc_id`` arrived (a ``hold-*`` one is then held until :meth:`release`)."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.posts.get(doc_id), timeout=timeout_s):
+                raise AssertionError(f"timed out after {timeout_s} s waiting for a POST of {doc_id}")
+            return list(self.posts[doc_id])
+
+    def release(self, doc_id: str) -> None:
+        """Let the held POSTs of ``doc_id`` be answered."""
+        with self.changed:
+            self.released.add(doc_id)
+            self.changed.notify_all()
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,6 @@ from service_gateway.errors import SettingsError
 from service_gateway.runtime import Runtime
 from service_gateway.settings import SETTINGS, load_settings
 from tests.conftest import need
-from workers.sdk.app import HARD_LIMIT_GRACE_S
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -185,11 +184,11 @@ def option(args: list[str], *names: str) -> str | None:
 
 
 def needed_grace_s(services: list[str], settings) -> float:
-    """A warm shutdown must outlast the longest job of the queue: its time limit + Celery's hard-kill margin."""
-    limits = [settings.time_limit_for(s) for s in services]
+    """A warm shutdown must outlast the longest job of the queue: its hard time limit (limit + grace)."""
+    limits = [settings.hard_time_limit_for(s) for s in services]
     if not limits or not all(limits):
         return 0.0              # no limit (webhooks, or a service without one): nothing to check against
-    return max(limits) + HARD_LIMIT_GRACE_S
+    return max(limits)
 
 
 def settings_problems(where: str, env: dict[str, str], known_services: Iterable[str]):
@@ -290,8 +289,8 @@ def compose_problems(data: dict, queues: dict[str, list[str]], runtime: Runtime)
             grace = go_duration_s(svc.get("stop_grace_period", "10s"))
             wanted = needed_grace_s(queues[name], settings)
             if grace < wanted:
-                problems.append(f"worker service {name}: stop_grace_period {grace:.0f} s < time limit + "
-                                f"{HARD_LIMIT_GRACE_S} s = {wanted:.0f} s (a warm shutdown would kill jobs)")
+                problems.append(f"worker service {name}: stop_grace_period {grace:.0f} s < hard time limit "
+                                f"{wanted:.0f} s (a warm shutdown would kill jobs)")
     for q in queues:
         if q not in consumed:
             problems.append(f"no compose worker service for queue {q!r}")
@@ -473,8 +472,8 @@ def k8s_problems(docs: list[tuple[str, dict]], queues: dict[str, list[str]], run
             grace = pod_spec(doc).get("terminationGracePeriodSeconds", 30)
             wanted = needed_grace_s(queues[qs[0]], settings)
             if grace < wanted:
-                problems.append(f"{where}: terminationGracePeriodSeconds {grace} < time limit + "
-                                f"{HARD_LIMIT_GRACE_S} s = {wanted:.0f} s (a scale-down would kill jobs)")
+                problems.append(f"{where}: terminationGracePeriodSeconds {grace} < hard time limit "
+                                f"{wanted:.0f} s (a scale-down would kill jobs)")
     for q in queues:
         if q not in worker_of:
             problems.append(f"no worker Deployment for queue {q!r}")

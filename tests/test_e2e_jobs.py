@@ -248,3 +248,54 @@ def test_a_storage_that_keeps_failing_fails_the_job_with_302(stack, media, annot
     final = stack.wait_status("probe", job_id, {"SUCCESS", "FAILURE"})
     assert final["status"] == "FAILURE" and final["result"]["code"] == 302, final
     assert len(annotation_store.received(doc_id)) == 3          # the first try and SG_ANNOTATION_STORAGE_RETRIES=2
+
+
+def test_status_is_storing_while_annotations_are_posted(stack, media, annotation_store):
+    # Given a storage that holds its answer, when a job names an ann_doc_id
+    doc_id = f"hold-{stack.name}"
+    response = stack.request("POST", "/probe/annotate",
+                             data={"doc_url": f"file://{media}/short.mp4", "ann_doc_id": doc_id})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["uuid"]
+    try:
+        # Then while the worker's POST is in flight the job's status is STORING
+        annotation_store.wait_received(doc_id, 60)
+        body = stack.wait_status("probe", job_id, {"STORING", "SUCCESS", "FAILURE"}, timeout_s=15)
+        assert body["status"] == "STORING" and body["progress"] < 100, body
+    finally:
+        annotation_store.release(doc_id)
+    # And once storage answered, SUCCESS with the result it stored
+    final = stack.wait_status("probe", job_id, {"SUCCESS", "FAILURE"})
+    assert final["status"] == "SUCCESS", final
+    assert annotation_store.received(doc_id) == [final["result"]]
+
+
+def test_a_job_over_its_time_limit_fails_with_108_and_its_ffmpeg_stops(stack, media):
+    # Given a worker whose transcode jobs may run 1 s (and are killed 30 s past that, the hard limit)
+    limits = {"SG_TIME_LIMITS": "transcode=1", "SG_TIME_LIMIT_GRACES": "transcode=30"}
+    from service_gateway.settings import load_settings
+    settings = load_settings(environ={**stack.env, **limits})
+    assert (settings.time_limit_for("transcode"), settings.hard_time_limit_for("transcode")) == (1, 31)
+    assert (settings.time_limit_for("probe"), settings.hard_time_limit_for("probe")) == (0, 0)
+    saved = {k: stack.env.get(k) for k in limits}
+    stack.stop_worker()
+    stack.env.update(limits)
+    try:
+        stack.start_worker()
+        # When a slow encode of a 20 s 720p clip runs past it
+        job_id = stack.submit("transcode", f"file://{media}/medium.mp4", preset="webm-vp9", speed="slow")
+        final = stack.wait_status("transcode", job_id, {"SUCCESS", "FAILURE", "REVOKED"}, timeout_s=60)
+        # Then the SDK stopped it at the soft limit: FAILURE 108, its ffmpeg gone, the worker alive
+        assert final["status"] == "FAILURE" and final["result"]["code"] == 108, final
+        assert "time limit of 1 s" in final["result"]["message"]
+        wait_for(lambda: not ffmpeg_children(job_id), 5, "the job's ffmpeg to exit")
+        assert stack.worker.poll() is None
+        assert stack.request("GET", f"/jobs/{job_id}").json()["status"] == "FAILURE"
+    finally:
+        stack.stop_worker()
+        for key, value in saved.items():
+            if value is None:
+                stack.env.pop(key, None)
+            else:
+                stack.env[key] = value
+        stack.start_worker()

@@ -73,7 +73,7 @@ def build(rt: Runtime) -> Celery:
         if not isinstance(spec, Service) or spec.run is None:
             raise SettingsError(f"SG_SERVICE_MODULES: service {spec.name!r} has no handler")
         # The embedded broker has no fanout, so no events: nothing to send them to.
-        _register(app, spec, executor, settings.time_limit_for(spec.name), events=not settings.embedded)
+        _register(app, spec, executor, settings.hard_time_limit_for(spec.name), events=not settings.embedded)
     _register_webhook(app, rt)
 
     @signals.setup_logging.connect(weak=False)
@@ -109,11 +109,6 @@ def build(rt: Runtime) -> Celery:
     return app
 
 
-#: Celery's hard time limit is the job's own limit plus this: the SDK stops the job cleanly (code
-#: 108) at its limit; the hard kill of the pool process is only the backstop for a stuck handler.
-HARD_LIMIT_GRACE_S = 60
-
-
 def _register_webhook(app: Celery, rt: Runtime) -> None:
     """Task sg.webhook: deliver a finished job's status to its callback_url, retried with backoff."""
     import random
@@ -143,7 +138,10 @@ def _register_webhook(app: Celery, rt: Runtime) -> None:
     app.task(name=task_name(WEBHOOK_TASK), bind=True, acks_late=False, ignore_result=True)(webhook)
 
 
-def _register(app: Celery, spec: Service, executor, time_limit_s: float, events: bool = True) -> None:
+def _register(app: Celery, spec: Service, executor, hard_time_limit_s: float, events: bool = True) -> None:
+    """Register the service's task. The SDK stops a job cleanly (code 108) at its time limit
+    (SG_TIME_LIMIT_S / SG_TIME_LIMITS); ``hard_time_limit_s`` (that limit plus SG_TIME_LIMIT_GRACE_S /
+    SG_TIME_LIMIT_GRACES) is Celery's kill of the pool process, the backstop for a stuck handler."""
     def run(self, payload: dict[str, Any]) -> None:
         token = current_events.set((lambda kind, fields: self.send_event(kind, **fields)) if events else None)
         try:
@@ -154,7 +152,7 @@ def _register(app: Celery, spec: Service, executor, time_limit_s: float, events:
     # Acknowledged when it starts: from then on the job store's lease owns the job's recovery
     # (see docs/reliability.md), so no RabbitMQ consumer_timeout can kill a long job's worker.
     app.task(name=task_name(spec.name), bind=True, acks_late=False, ignore_result=True,
-             time_limit=time_limit_s + HARD_LIMIT_GRACE_S if time_limit_s else None)(run)
+             time_limit=hard_time_limit_s or None)(run)
 
 
 class _Heartbeat:
