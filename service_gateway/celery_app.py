@@ -52,6 +52,12 @@ def make_celery(settings: Settings, routes: dict[str, str]) -> Celery:
         # (celery#6760). docs/reliability.md explains the trade.
         task_acks_late=False,
         worker_prefetch_multiplier=1,
+        # A busy worker still holds one prefetched, unacknowledged message per process; past
+        # consumer_timeout RabbitMQ closes the channel over it (PRECONDITION_FAILED), which Celery
+        # treats as unrecoverable by default: the whole worker exits. Retrying channel errors makes
+        # the consumer reconnect instead: the waiting message goes back to the queue and is delivered
+        # again, and the running jobs (acknowledged at start) go on. docs/reliability.md.
+        broker_channel_error_retry=True,
         task_queues=[Queue(q, routing_key=q) for q in queues],
         task_routes={task_name(service): {"queue": queue} for service, queue in routes.items()},
         task_create_missing_queues=True,

@@ -98,11 +98,11 @@ class Stack:
         except requests.RequestException:       # refused, or a slow start under load: ask again
             return False
 
-    def start_worker(self) -> None:
+    def start_worker(self, concurrency: int = 2) -> None:
         hostname = f"test-{uuid.uuid4().hex[:6]}@%h"
         with open(self.work_dir / "worker.log", "ab") as log:
             self.worker = subprocess.Popen(
-                [str(BIN / "celery"), "-A", "workers", "worker", "-Q", ",".join(self.queues), "-c", "2",
+                [str(BIN / "celery"), "-A", "workers", "worker", "-Q", ",".join(self.queues), "-c", str(concurrency),
                  "-n", hostname, "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: self._worker_online(hostname.replace("%h", socket.gethostname())),
