@@ -538,7 +538,8 @@ def commands(results: dict[str, Any]) -> list[str]:
         "celery -A workers worker -Q <every queue but noop, which is added after B1> -c 2 --without-gossip "
         "--without-mingle",
         "celery -A benchmarks.raw_celery worker -Q bench_raw -c 2 --without-gossip --without-mingle",
-        "FLOWER_UNAUTHENTICATED_API=true celery -A benchmarks.flower_app flower --port=PORT --address=127.0.0.1",
+        "SG_FLOWER_ALLOW_OPEN=true FLOWER_UNAUTHENTICATED_API=true celery -A benchmarks.flower_app flower "
+        "--port=PORT --address=127.0.0.1",
         "# the load (benchmarks/wrk/request.lua reads WRK_METHOD, WRK_BODY, WRK_AUTHORIZATION, ... from the env):",
         f"wrk -t2 -c16 -d{load_s}s --timeout 10s -s benchmarks/wrk/request.lua http://127.0.0.1:PORT/noop/annotate",
         f"wrk -t2 -c16 -d{load_s}s --timeout 10s -s benchmarks/wrk/request.lua "
