@@ -15,6 +15,7 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -244,8 +245,12 @@ def test_transient_faults_retry_with_backoff_and_permanent_ones_fail_at_once(sta
     assert stack.request("GET", f"/jobs/{missing}").json()["attempts"] == 1
     # Past the retry limit (SG_MAX_RETRIES=3): FAILURE with the last fault's code
     hopeless = stack.submit("probe", f"{server.url}/flaky/9/short.mp4?{tag}")
-    final = stack.wait_status("probe", hopeless, {"SUCCESS", "FAILURE"})
+    seen = []
+    final = stack.wait_status("probe", hopeless, {"SUCCESS", "FAILURE"}, seen=seen)
     assert final["result"]["code"] == 301 and stack.request("GET", f"/jobs/{hopeless}").json()["attempts"] == 4
+    # While it waited for its retries (backoffs of at least 0.1, 0.2 and 0.4 s), status said so
+    retrying = [b for b in seen if b["status"] == "RETRY"]
+    assert retrying and "HTTP 503" in str(retrying[-1]), [b["status"] for b in seen]
 
     # The failure list shows the failed job to an admin, who requeues it once the file exists
     admin = {"Authorization": f"Bearer {stack.token('ops', admin=True)}"}
@@ -258,6 +263,112 @@ def test_transient_faults_retry_with_backoff_and_permanent_ones_fail_at_once(sta
     assert stack.wait_status("probe", missing, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS"
     again = stack.session.post(f"{stack.url}/admin/jobs/{missing}/requeue", headers=admin, timeout=30)
     assert (again.status_code, again.json()["code"]) == (409, 215)
+
+
+class DripMedia:
+    """A media server on loopback that sends its answer a byte every 50 ms: no read ever times out."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.open = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                with outer.lock:
+                    outer.hits += 1
+                    outer.open += 1
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(10**6))
+                    self.end_headers()
+                    for _ in range(10**6):
+                        self.wfile.write(b"\0")
+                        self.wfile.flush()
+                        if outer.stopped.wait(0.05):
+                            return
+                except OSError:           # the worker cut the connection: what the test expects
+                    pass
+                finally:
+                    with outer.lock:
+                        outer.open -= 1
+
+            def log_message(self, *args):
+                pass
+
+        self.stopped = threading.Event()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_drip_fed_download_fails_with_301_after_its_retries_and_frees_the_worker(stack, media):
+    if stack.name != "embedded":
+        pytest.skip("one backend is enough: downloads do not depend on the broker")
+    drip = DripMedia()
+    # Given workers whose downloads may take 1 s in all (SG_DOWNLOAD_DEADLINE_S; per read: 30 s)
+    stack.stop_worker()
+    stack.env["SG_DOWNLOAD_DEADLINE_S"] = "1"
+    try:
+        stack.start_worker()
+        # When a job's media server drip-feeds its bytes
+        job_id = stack.submit("probe", f"{drip.url}/clip.mp4")
+        final = stack.wait_status("probe", job_id, {"SUCCESS", "FAILURE", "REVOKED"}, timeout_s=120)
+        # Then each attempt is cut at the deadline, retried as a transient fault, and the job fails with 301
+        assert final["status"] == "FAILURE" and final["result"]["code"] == 301, final
+        assert "SG_DOWNLOAD_DEADLINE_S" in final["result"]["message"]
+        record = stack.request("GET", f"/jobs/{job_id}").json()
+        assert record["attempts"] == stack.settings.max_retries_for("probe") + 1 == drip.hits
+        # and the worker is free again: no connection left open, and the next job runs
+        wait_for(lambda: drip.open == 0, 30, "the worker to close its last drip-fed connection")
+        later = stack.submit("probe", f"file://{media}/short.mp4")
+        assert stack.wait_status("probe", later, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS"
+    finally:
+        drip.close()
+        stack.env.pop("SG_DOWNLOAD_DEADLINE_S", None)
+        stack.stop_worker()
+        stack.start_worker()
+
+
+def orphan(stack, media, attempts: int) -> str:
+    """A probe job the store says a vanished worker runs: STARTED, its lease expired, and no message
+    for it anywhere (as when the node that held it died with its broker)."""
+    from sqlalchemy import update
+
+    from service_gateway.store import Job, utcnow
+    job_id = str(uuid.uuid4())
+    stack.store.add(uuid=job_id, owner="alice", service="probe", queue="probe", status="PENDING",
+                    doc_url=f"file://{media}/short.mp4", params={}, misc={}, progress=0, cancel_requested=False)
+    assert stack.store.mark_started(job_id, "gone-host", lease_owner="gone-host:1", lease_s=30)
+    stack.store._run(update(Job).where(Job.uuid == job_id).values(
+        attempts=attempts, lease_until=utcnow() - timedelta(seconds=5)))
+    return job_id
+
+
+def test_an_orphaned_job_is_requeued_by_the_real_sweeper_or_failed_past_its_retries(stack, media):
+    # Given two jobs STARTED by a worker that vanished, with no message left: one on its first run,
+    # one that has already been lost as often as the retry limit allows
+    limit = stack.settings.max_retries_for("probe")
+    rerun, hopeless = orphan(stack, media, attempts=1), orphan(stack, media, attempts=limit + 1)
+    assert stack.status("probe", rerun)["status"] == "STARTED"
+    # Then the running worker's sweeper requeues the first: it runs again and ends SUCCESS, once
+    final = stack.wait_status("probe", rerun, {"SUCCESS", "FAILURE"}, timeout_s=60)
+    assert final["status"] == "SUCCESS" and abs(final["result"]["duration"] - 4) < 0.2, final
+    record = stack.request("GET", f"/jobs/{rerun}").json()
+    assert record["attempts"] == 2 and "gone-host:1" in record["note"] and "stopped renewing" in record["note"]
+    wait_for(lambda: stack.worker_log_lines(rerun, "job succeeded"), 10, "the success log line")
+    assert len(stack.worker_log_lines(rerun, "job succeeded")) == 1
+    # and fails the second with code 110, not run again
+    failed = stack.wait_status("probe", hopeless, {"SUCCESS", "FAILURE"}, timeout_s=60)
+    assert failed["status"] == "FAILURE" and failed["result"]["code"] == 110, failed
+    assert stack.request("GET", f"/jobs/{hopeless}").json()["attempts"] == limit + 1
+    assert not stack.worker_log_lines(hopeless, "running probe")
 
 
 def test_idempotency_key_returns_the_same_job_even_to_racing_retries(stack, media):
