@@ -494,6 +494,7 @@ class Client:
         return self._json("GET", "/services")["services"]
 
     def submit(self, service: str, doc_url: str, *, callback_url: str | None = None,
+               callback_progress: bool = False,
                ann_doc_id: str | None = None, misc: Mapping[str, Any] | None = None,
                idempotency_key: str | None = None, params: Mapping[str, Any] | None = None,
                **more_params: Any) -> "Job":
@@ -501,7 +502,8 @@ class Client:
 
         The service's parameters (``GET /services``) are the keyword arguments, or ``params``
         (a dict, for names that clash with this method's own); ``misc`` holds free-form values
-        kept with the job; ``callback_url`` gets the final status (webhooks).
+        kept with the job; ``callback_url`` gets the final status (webhooks), and with
+        ``callback_progress=True`` throttled progress deliveries before it (docs/webhooks.md).
 
         An ``Idempotency-Key`` is always sent (a new UUID unless given), so the retries of a
         submit answered 503 or cut off by the network never make a second job; pass your own key
@@ -512,6 +514,8 @@ class Client:
             body["misc"] = dict(misc)
         if callback_url:
             body["callback_url"] = callback_url
+        if callback_progress:
+            body["callback_progress"] = True
         if ann_doc_id:
             body["ann_doc_id"] = ann_doc_id
         key = idempotency_key or str(uuid_mod.uuid4())

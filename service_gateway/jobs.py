@@ -62,7 +62,8 @@ def get_service(rt: Runtime, name: str) -> ServiceSpec:
 
 def submit(rt: Runtime, identity: Identity, spec: ServiceSpec, *, doc_url: str | None,
            params: dict[str, Any], misc: dict[str, Any], ann_doc_id: str | None = None,
-           callback_url: str | None = None, idempotency_key: str | None = None) -> str:
+           callback_url: str | None = None, idempotency_key: str | None = None,
+           callback_progress: bool = False) -> str:
     """Validate, record and enqueue a job; return its uuid.
 
     The record is committed before the task is published (a worker must find it), and removed
@@ -83,6 +84,8 @@ def submit(rt: Runtime, identity: Identity, spec: ServiceSpec, *, doc_url: str |
             check_callback_url(callback_url, settings.allow_private_urls)
         except URLRefused as exc:
             raise APIError(204, f"callback_url {exc}") from None
+    if callback_progress and not callback_url:
+        raise APIError(204, "callback_progress: progress deliveries go to callback_url; give one")
     if ann_doc_id and not settings.annotation_storage_url:
         raise APIError(211, "ann_doc_id was given but this gateway has no SG_ANNOTATION_STORAGE_URL, so the "
                             "annotations could not be stored; leave ann_doc_id out or ask the operator")
@@ -95,11 +98,16 @@ def submit(rt: Runtime, identity: Identity, spec: ServiceSpec, *, doc_url: str |
     row = dict(uuid=job_id, owner=identity.subject, service=spec.name, queue=spec.queue,
                status=JobStatus.PENDING.value, doc_url=doc_url, params=params, misc=misc, ann_doc_id=ann_doc_id,
                callback_url=callback_url, progress=0, cancel_requested=False)
+    if callback_progress:
+        row["callback_progress"] = True
     is_pipeline = isinstance(spec, PipelineSpec)
     if is_pipeline:
         if ann_doc_id:
             raise APIError(204, "ann_doc_id: a pipeline's steps are not stored as annotations; submit the "
                                 "service itself with ann_doc_id")
+        if callback_progress:
+            raise APIError(204, "callback_progress: a pipeline sends only its final status; follow its "
+                                "progress with GET /jobs/<uuid>/events")
         row["pipeline"] = spec.snapshot(params)
     idem = None
     if idempotency_key is not None:
@@ -178,6 +186,8 @@ def request_hash(row: dict[str, Any]) -> str:
     import hashlib
     import json
     same = {k: row[k] for k in ("service", "doc_url", "params", "misc", "ann_doc_id", "callback_url")}
+    if row.get("callback_progress"):
+        same["callback_progress"] = True
     return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()
 
 

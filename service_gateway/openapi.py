@@ -175,14 +175,17 @@ def _process_body(spec: ServiceSpec | None) -> Schema:
         "params": _params_schema(spec),
         "misc": {"type": "object", "description": "Free-form values kept with the job."},
         "ann_doc_id": {"type": ["string", "null"], "description": "Annotation document to post results to."},
-        "callback_url": {"type": ["string", "null"], "description": "Kept with the job (webhooks)."}}}
+        "callback_url": {"type": ["string", "null"], "description": "Gets the final status, signed (webhooks)."},
+        "callback_progress": {"type": "boolean", "default": False,
+                              "description": "callback_url also gets throttled progress deliveries."}}}
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def _annotate_body(spec: ServiceSpec | None) -> Schema:
     properties: dict[str, Schema] = {
         "doc_url": {"type": "string", "description": "The media document (required here or in the query)."},
-        "ann_doc_id": STR, "callback_url": STR}
+        "ann_doc_id": STR, "callback_url": STR,
+        "callback_progress": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]}}
     encoding: dict[str, Schema] = {}
     if spec is not None:
         for name, prop in spec.properties.items():
@@ -213,7 +216,10 @@ def _json_body(schema: Schema, required: bool = True) -> Schema:
 
 SUBMIT_ARGS = (query("doc_url", "The media document (the form field wins when both are sent)."),
                query("ann_doc_id", "Annotation document to post results to."),
-               query("callback_url", "Kept with the job (webhooks)."), IDEMPOTENCY_KEY)
+               query("callback_url", "Gets the final status, signed (webhooks)."),
+               query("callback_progress", "true: callback_url also gets throttled progress deliveries.",
+                     {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]}),
+               IDEMPOTENCY_KEY)
 SUBMIT_ERRORS = (202, 204, 206, 207, 211, 214, 223, 401)
 USAGE_ARGS = (SINCE, UNTIL, query("service", "Only this service."), query("group", "Sum by day or month.",
               {"enum": ["day", "month"]}), query("format", "json (default) or csv.", {"enum": ["json", "csv"]}))

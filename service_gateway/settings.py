@@ -119,6 +119,8 @@ SETTINGS: tuple[Setting, ...] = (
             "with exponential backoff from webhook_backoff_s."),
     Setting("webhook_backoff_s", float, 2.0, "First wait before a webhook retry; it doubles each time (with jitter)."),
     Setting("webhook_timeout_s", float, 10.0, "Connect and read timeout of one webhook delivery."),
+    Setting("webhook_progress_interval_s", float, 5.0, "Minimum time between two progress deliveries of one job "
+            "that asked for them (callback_progress); each is tried once, only the latest value is sent."),
     Setting("worker_metrics_port", int, 0, "Port on which each worker serves its Prometheus metrics (job "
             "durations, queue waits); 0 = off."),
     Setting("flower_allow_open", bool, False, "Let `celery -A workers flower` serve without auth; by default it "
@@ -322,6 +324,7 @@ _CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("time_limit_graces", lambda v: all(_time_limit_item(i) for i in v), "service=seconds items, seconds > 0"),
     ("job_lease_s", lambda v: v >= 2, "a number >= 2"),
     ("progress_interval_s", lambda v: v > 0, "a number > 0"),
+    ("webhook_progress_interval_s", lambda v: v > 0, "a number > 0"),
     ("cancel_poll_interval_s", lambda v: 0 < v <= 1.5, "a number in (0, 1.5] (cancel must land within 2 s)"),
     ("embedded_polling_interval_s", lambda v: 0 < v <= 5, "a number in (0, 5]"),
 )

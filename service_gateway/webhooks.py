@@ -12,9 +12,11 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import DateTime, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
@@ -75,9 +77,10 @@ def deliveries(store: JobStore, job_uuid: str) -> list[Delivery]:
     return [Delivery(**r) for r in rows]
 
 
-def deliver(store: JobStore, settings, job_uuid: str, url: str, body: dict[str, Any], secret: str,
+def deliver(store: JobStore | None, settings, job_uuid: str, url: str, body: dict[str, Any], secret: str,
             attempt: int) -> bool:
-    """POST ``body`` to ``url`` once, signed; record the attempt; True on a 2xx answer."""
+    """POST ``body`` to ``url`` once, signed; record the attempt (unless ``store`` is None: a progress
+    delivery); True on a 2xx answer."""
     import requests
 
     payload = json.dumps(body, separators=(",", ":")).encode()
@@ -99,9 +102,119 @@ def deliver(store: JobStore, settings, job_uuid: str, url: str, body: dict[str, 
         error = f"callback_url refused: {exc}"
     except requests.RequestException as exc:
         error = exc.__class__.__name__
-    store._run(Delivery.__table__.insert().values(
-        job_uuid=job_uuid, attempt=attempt, url=url, status_code=status_code, error=error,
-        duration_ms=int((time.monotonic() - started) * 1000), delivered_at=utcnow()))
+    if store is not None:
+        store._run(Delivery.__table__.insert().values(
+            job_uuid=job_uuid, attempt=attempt, url=url, status_code=status_code, error=error,
+            duration_ms=int((time.monotonic() - started) * 1000), delivered_at=utcnow()))
     ok = status_code is not None and 200 <= status_code < 300
-    log.info("webhook attempt %d: %s", attempt, status_code or error, extra={"job_id": job_uuid})
+    log.info("webhook %s attempt %d: %s", "final" if store is not None else "progress", attempt,
+             status_code or error, extra={"job_id": job_uuid})
     return ok
+
+
+class ProgressCallbacks:
+    """Progress deliveries of the jobs one worker process runs (``callback_progress``): throttled,
+    monotonic, best effort, and never on the job's thread.
+
+    The job's thread only hands its latest value over (:meth:`update`, no I/O). One sender thread
+    per process POSTs ``{"event": "progress", "uuid", "status", "progress"}``, signed as the final
+    delivery is, at most once per job every SG_WEBHOOK_PROGRESS_INTERVAL_S, the latest value only
+    (values in between are skipped), one attempt each, not recorded. When the job ends,
+    :meth:`close` drops what was not sent, and :meth:`then` queues the final delivery only once a
+    progress POST still in flight has returned: no progress delivery ever follows the final one.
+
+    Args:
+        settings: resolved settings (interval, timeout, URL rules).
+        secret_of: the webhook secret of a job's owner (read on the sender thread).
+        post: sends one delivery (:func:`deliver` without a store; replaced in tests).
+    """
+
+    def __init__(self, settings, secret_of: Callable[[str], str],
+                 post: Callable[..., bool] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._secret_of = secret_of
+        self._post = post or (lambda *args: deliver(None, settings, *args, attempt=1))
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._jobs: dict[str, _Target] = {}
+        self._inflight: str | None = None
+        self._deferred: dict[str, list[Callable[[], None]]] = {}
+        self._thread: threading.Thread | None = None
+
+    def open(self, job_id: str, url: str, owner: str, progress: int = 0) -> None:
+        """Start sending the job's progress (above ``progress``, what an earlier attempt reached)."""
+        with self._cond:
+            self._jobs[job_id] = _Target(url=url, owner=owner, sent=progress)
+
+    def update(self, job_id: str, progress: int) -> None:
+        """The job's progress rose to ``progress``: send it when its turn comes (never blocks on I/O)."""
+        with self._cond:
+            target = self._jobs.get(job_id)
+            if target is None or progress <= max(target.sent, target.pending or 0):
+                return
+            target.pending = progress
+            if self._thread is None or not self._thread.is_alive():   # started in the process that sends
+                self._thread = threading.Thread(target=self._loop, name="sg-webhook-progress", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def close(self, job_id: str) -> None:
+        """The job ended: nothing more is sent for it (a value waiting for its turn is dropped)."""
+        with self._cond:
+            self._jobs.pop(job_id, None)
+
+    def then(self, job_id: str, action: Callable[[], None]) -> None:
+        """Run ``action`` (queue the final delivery) now, or on the sender thread as soon as the
+        job's progress POST in flight has returned."""
+        with self._cond:
+            if self._inflight == job_id:
+                self._deferred.setdefault(job_id, []).append(action)
+                return
+        action()
+
+    def _next(self) -> tuple[str, _Target, int]:
+        """Wait for the job whose pending value is due first; take it (under the lock)."""
+        interval = self.settings.webhook_progress_interval_s
+        while True:
+            now = self._clock()
+            waiting = [(t.last + interval, job_id, t) for job_id, t in self._jobs.items() if t.pending is not None]
+            if waiting:
+                due, job_id, target = min(waiting, key=lambda w: w[0])
+                if due <= now:
+                    value, target.sent, target.pending, target.last = target.pending, target.pending, None, now
+                    self._inflight = job_id
+                    return job_id, target, value
+                self._cond.wait(due - now)
+            else:
+                self._cond.wait()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                job_id, target, value = self._next()
+            try:
+                if target.secret is None:
+                    target.secret = self._secret_of(target.owner)
+                body = {"event": "progress", "uuid": job_id, "status": "PROGRESS", "progress": value}
+                self._post(job_id, target.url, body, target.secret)
+            except Exception as exc:   # best effort: the job and its final delivery go on
+                log.warning("progress delivery failed: %s", exc.__class__.__name__, extra={"job_id": job_id})
+            finally:
+                with self._cond:
+                    self._inflight = None
+                    actions = self._deferred.pop(job_id, [])
+            for action in actions:
+                try:
+                    action()
+                except Exception as exc:
+                    log.error("final delivery not queued: %s", exc.__class__.__name__, extra={"job_id": job_id})
+
+
+@dataclass
+class _Target:
+    url: str
+    owner: str
+    sent: int = 0                       # highest value sent (or reached before this attempt)
+    pending: int | None = None          # latest value waiting for its turn
+    last: float = float("-inf")         # when the last one was sent
+    secret: str | None = None

@@ -143,6 +143,7 @@ def _base_env(work: Path, media: Path, annotation_store: AnnotationStore) -> dic
         "SG_ALLOW_PRIVATE_URLS": "true",          # the media server of the tests is on loopback
         "SG_STORAGE_DOC_URL": f"file://{media}/{{storage_doc_id}}",
         "SG_PROGRESS_INTERVAL_S": "0.3",
+        "SG_WEBHOOK_PROGRESS_INTERVAL_S": "0.5",  # progress callbacks: several per transcode
         "SG_WORKER_HEARTBEAT_S": "1",
         "SG_LOG_FORMAT": "json",
         "SG_ANNOTATION_STORAGE_URL": annotation_store.url,

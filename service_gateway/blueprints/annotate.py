@@ -13,7 +13,7 @@ from . import runtime
 bp = Blueprint("annotate", __name__)
 
 #: Submit arguments that are not service parameters.
-RESERVED = ("doc_url", "ann_doc_id", "callback_url")
+RESERVED = ("doc_url", "ann_doc_id", "callback_url", "callback_progress")
 
 
 def _accepted(job_id: str, service: str):
@@ -43,8 +43,18 @@ def annotate(svc: str, storage_doc_id: str | None = None):
     misc = {k: v for k, v in extra.items() if k not in spec.properties}
     job_id = jobs.submit(rt, g.identity, spec, doc_url=doc_url, params=params, misc=misc,
                          ann_doc_id=args.get("ann_doc_id"), callback_url=args.get("callback_url"),
-                         idempotency_key=request.headers.get("Idempotency-Key"))
+                         idempotency_key=request.headers.get("Idempotency-Key"),
+                         callback_progress=_flag(args.get("callback_progress")))
     return _accepted(job_id, svc)
+
+
+def _flag(value: str | None) -> bool:
+    """A form/query boolean (``callback_progress=true``); anything unclear is refused, not guessed."""
+    if value is None or value in ("false", "0", "no", "off"):
+        return False
+    if value in ("true", "1", "yes", "on"):
+        return True
+    raise APIError(204, "callback_progress: must be true or false")
 
 
 def _quote(value: str) -> str:
@@ -55,7 +65,8 @@ def _quote(value: str) -> str:
 @bp.post("/<svc>/process")
 @require_auth
 def process(svc: str):
-    """Submit from a JSON body: ``{"doc_url", "params": {...}, "misc": {...}, "ann_doc_id", "callback_url"}``."""
+    """Submit from a JSON body: ``{"doc_url", "params": {...}, "misc": {...}, "ann_doc_id", "callback_url",
+    "callback_progress"}``."""
     rt = runtime()
     spec = jobs.get_service(rt, svc)
     body = request.get_json(silent=True)
@@ -70,15 +81,18 @@ def process(svc: str):
     for name, value in (("params", params), ("misc", misc)):
         if not isinstance(value, dict):
             raise APIError(204, f"{name} must be a JSON object")
-    for name in RESERVED[1:]:
+    for name in ("ann_doc_id", "callback_url"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise APIError(204, f"{name} must be a string")
+    if not isinstance(body.get("callback_progress", False), bool):
+        raise APIError(204, "callback_progress must be true or false")
     doc_url = body.get("doc_url")
     if doc_url is not None and not isinstance(doc_url, str):
         raise APIError(207, "doc_url must be a string")
     job_id = jobs.submit(rt, g.identity, spec, doc_url=doc_url, params=params, misc=misc,
                          ann_doc_id=body.get("ann_doc_id"), callback_url=body.get("callback_url"),
-                         idempotency_key=request.headers.get("Idempotency-Key"))
+                         idempotency_key=request.headers.get("Idempotency-Key"),
+                         callback_progress=body.get("callback_progress", False))
     return _accepted(job_id, svc)
 
 

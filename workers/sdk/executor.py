@@ -13,7 +13,7 @@ import time
 from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from service_gateway.clients import Clients
 from service_gateway.errors import JobCancelled, JobError
@@ -28,6 +28,9 @@ from .context import Cancellation, JobContext, ProgressReporter
 from .fetch import fetch
 from .storage import post_annotations
 from .service import Service
+
+if TYPE_CHECKING:
+    from service_gateway.webhooks import ProgressCallbacks
 
 log = logging.getLogger("workers.executor")
 
@@ -228,6 +231,8 @@ class Executor:
         self.storage = LocalStorage(settings.output_dir)
         #: rows as this process's final write left them (finish ... RETURNING), for the usage record
         self._finished: dict[str, Any] = {}
+        #: progress deliveries of the jobs that asked for them (made when the first one does)
+        self._progress_callbacks: ProgressCallbacks | None = None
 
     def execute(self, service: Service, payload: dict[str, Any]) -> dict[str, Any] | None:
         """Run one job from its task payload; return the result, or None when it did not succeed."""
@@ -235,14 +240,15 @@ class Executor:
         token = current_job_id.set(job_id)
         request_token = current_request_id.set(payload.get("request_id"))
         try:
-            attempt = 1
+            attempt, callbacks = 1, None
             if self.store is not None:
                 row = self._claim(job_id)
                 if row is None:
                     return None
                 attempt = row.attempts
+                callbacks = self._callbacks_for(row)
             meter = UsageMeter()
-            result = self._run(service, payload, meter, attempt)
+            result = self._run(service, payload, meter, attempt, callbacks)
             if self.store is not None:
                 self._record_usage(job_id, meter)
             return result
@@ -272,7 +278,11 @@ class Executor:
             if row is None or row.finished_at is None:
                 return
             if row.callback_url and self.on_finished is not None:
-                self.on_finished(job_id)
+                on_finished = self.on_finished
+                if self._progress_callbacks is not None:   # after a progress POST in flight, never before
+                    self._progress_callbacks.then(job_id, lambda: on_finished(job_id))
+                else:
+                    on_finished(job_id)
             from service_gateway.metrics import observe_job
             wait = (row.started_at - row.created_at).total_seconds() if row.started_at and row.created_at else None
             observe_job(row.service, row.status, meter.wall_s(), wait)
@@ -330,8 +340,23 @@ class Executor:
             return None
         return None if pid_alive(int(pid)) else owner
 
+    def _callbacks_for(self, row) -> ProgressCallbacks | None:
+        """The progress deliveries of a job whose client asked for them (callback_progress), else None."""
+        if not (row.callback_progress and row.callback_url):
+            return None
+        if self._progress_callbacks is None:
+            from service_gateway.webhooks import ProgressCallbacks, webhook_secret
+            settings, clients = self.settings, Clients(self.store)
+
+            def secret_of(owner: str) -> str:
+                client = clients.get(owner)
+                return webhook_secret(settings.secret, owner, client.token_version if client else 0)
+            self._progress_callbacks = ProgressCallbacks(settings, secret_of)
+        self._progress_callbacks.open(row.uuid, row.callback_url, row.owner)
+        return self._progress_callbacks
+
     def _run(self, service: Service, payload: dict[str, Any], meter: "UsageMeter | None" = None,
-             attempt: int = 1) -> dict[str, Any] | None:
+             attempt: int = 1, callbacks: "ProgressCallbacks | None" = None) -> dict[str, Any] | None:
         job_id = payload["job_id"]
         start_time = datetime.now(timezone.utc).isoformat()
         cancellation = Cancellation()
@@ -344,8 +369,11 @@ class Executor:
                 body["attempt"] = attempt
             return {**body, **extra}
 
-        reporter = ProgressReporter(lambda v: self.sink.running(job_id, JobStatus.PROGRESS, meta(v)),
-                                    self.settings.progress_interval_s)
+        def write(value: int) -> None:
+            self.sink.running(job_id, JobStatus.PROGRESS, meta(value))
+            if callbacks is not None:
+                callbacks.update(job_id, value)     # handed over: the POST is the sender thread's
+        reporter = ProgressReporter(write, self.settings.progress_interval_s)
         if attempt > 1:   # progress never goes back: a new attempt reports only past the last one's
             reporter.value = reporter.written = self.sink.progress_of(job_id)
         self.sink.running(job_id, JobStatus.STARTED, meta(reporter.value))
@@ -400,6 +428,8 @@ class Executor:
             error = JobError(306, f"{service.name} failed: {exc.__class__.__name__}: {exc}"[:500])
             self._finish_failed(job_id, JobStatus.FAILURE, error, reporter.value, lease_owner)
         finally:
+            if callbacks is not None:
+                callbacks.close(job_id)     # ended (or retried later): no progress delivery after this
             watcher.stop()
             cancellation.request()   # no child of this job outlives it
             shutil.rmtree(tmp_dir, ignore_errors=True)
