@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -429,3 +430,51 @@ def test_cli_submit_wait_status_cancel_jobs_services(stack, media, tmp_path):
     failed = subprocess.run([str(BIN / "sg"), "jobs", "failed", "--json"], env=stack.env, capture_output=True,
                             text=True, timeout=60)
     assert failed.returncode == 0 and "jobs" in json.loads(failed.stdout), failed.stderr
+
+
+@pytest.mark.e2e
+def test_sg_submit_pipeline_wait_one_bar_to_100_and_each_steps_result(stack, media, tmp_path):
+    """The issue's done-when: from a fresh shell, `sg submit <pipeline> --wait` runs three steps on a
+    generated clip with one progress bar climbing to 100 and prints each step's result."""
+    from tests.test_pipelines import define
+    define(stack, "cli-three", {"steps": [
+        {"name": "small", "service": "transcode", "params": {"preset": "mp4-360p", "speed": "medium"}, "weight": 4},
+        {"name": "facts", "service": "probe"},                                    # reads small's transcoded.mp4
+        {"name": "thumbs", "service": "thumbnails", "input": "small", "params": {"count": 2}}]})
+    client_id, secret = new_client(stack)
+    env = client_env(stack, client_id, secret, tmp_path)          # nothing but PATH, HOME and SG_URL/_ID/_SECRET
+    (tmp_path / "here").mkdir()
+
+    done = subprocess.run([str(BIN / "sg"), "submit", "cli-three", "--doc-url", f"file://{media}/medium.mp4", "--wait"],
+                          env=env, cwd=tmp_path / "here", capture_output=True, timeout=300)
+    # (bytes: text mode's universal newlines would turn tqdm's \r redraws into lines of their own)
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, (stdout, stderr)
+
+    # One bar (tqdm on stderr: \r redraws on one line), climbing through the steps to 100
+    bars = [line for line in stderr.split("\n") if "%|" in line]
+    assert len(bars) == 1, stderr
+    percents = [int(p) for p in re.findall(r"(\d+)%\|", bars[0])]
+    assert percents == sorted(percents) and percents[-1] == 100, percents
+    assert any(0 < p < 100 for p in percents), percents                # drawn while it ran, not only at the end
+    assert "small" in bars[0]                                           # the bar named the running step
+
+    # Each step's result: the merged result as JSON, then one line per step
+    lines = stdout.splitlines()
+    job_id, status = lines[0].split()[:2]
+    assert status == "SUCCESS"
+    first_step = next(i for i, line in enumerate(lines) if line.startswith("step "))
+    result = json.loads("\n".join(lines[1:first_step]))
+    assert [(s["name"], s["service"], s["status"]) for s in result["steps"]] == [
+        ("small", "transcode", "SUCCESS"), ("facts", "probe", "SUCCESS"), ("thumbs", "thumbnails", "SUCCESS")]
+    steps = {s["name"]: s["result"] for s in result["steps"]}
+    assert [s["height"] for s in steps["facts"]["streams"] if s["type"] == "video"] == [360]   # probed the 360p file
+    assert abs(steps["facts"]["duration"] - 20.0) < 0.2 and steps["thumbs"]["summary"]["count"] == 2
+    assert lines[first_step:first_step + 3] == [
+        "step small (transcode): SUCCESS, transcoded.mp4",
+        "step facts (probe): SUCCESS, no outputs",
+        f"step thumbs (thumbnails): SUCCESS, {', '.join(o['name'] for o in steps['thumbs']['outputs'])}"]
+    # ... and the outputs downloaded into the current directory
+    assert video_of(tmp_path / "here" / "transcoded.mp4")[0]["height"] == 360
+    assert all((tmp_path / "here" / o["name"]).stat().st_size == o["size"] for o in steps["thumbs"]["outputs"])
+    assert stack.request("GET", f"/jobs/{job_id}", sub="root", admin=True).json()["service"] == "cli-three"
