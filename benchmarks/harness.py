@@ -280,6 +280,8 @@ def _raw_queue() -> str:
 
 def base_env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SG_", "FLOWER_", "PROMETHEUS_"))}
+    # gunicorn.conf.py's process and thread counts may be set for a run (e.g. to compare layouts).
+    env.update({k: v for k, v in os.environ.items() if k in ("SG_GUNICORN_WORKERS", "SG_GUNICORN_THREADS")})
     env.update({
         "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "SG_DATA_DIR": str(work / "data"),

@@ -252,18 +252,6 @@ def status(rt: Runtime, job: Job, url_root: str) -> dict[str, Any]:
     return body
 
 
-def render(body: dict[str, Any], request) -> dict[str, Any]:
-    """Apply the ``format`` query argument: ``json`` (default) or ``webannotation`` (W3C JSON-LD)."""
-    fmt = request.args.get("format", "json")
-    if fmt == "json":
-        return body
-    if fmt != "webannotation":
-        raise APIError(204, "format: must be json or webannotation")
-    if body["status"] == JobStatus.SUCCESS.value and is_annotation_result(body["result"]):
-        page_id = request.base_url + f"?uuid={body['uuid']}&format=webannotation"
-        body = dict(body, result=to_web_annotations(body["result"], page_id))
-    return body
-
 class SucceededJobs:
     """Jobs that ended SUCCESS, with their result, remembered by one process for status reads.
 
@@ -311,6 +299,18 @@ class SucceededJobs:
             while len(self._jobs) > self.size:
                 self._jobs.popitem(last=False)
 
+
+def render(body: dict[str, Any], request) -> dict[str, Any]:
+    """Apply the ``format`` query argument: ``json`` (default) or ``webannotation`` (W3C JSON-LD)."""
+    fmt = request.args.get("format", "json")
+    if fmt == "json":
+        return body
+    if fmt != "webannotation":
+        raise APIError(204, "format: must be json or webannotation")
+    if body["status"] == JobStatus.SUCCESS.value and is_annotation_result(body["result"]):
+        page_id = request.base_url + f"?uuid={body['uuid']}&format=webannotation"
+        body = dict(body, result=to_web_annotations(body["result"], page_id))
+    return body
 
 
 def _error_dict(value: Any) -> dict[str, Any]:

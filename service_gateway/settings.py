@@ -220,8 +220,6 @@ class Settings:
                 return float(seconds)
         return self.time_limit_s
 
-    def max_retries_for(self, service: str) -> int:
-        """How many times a job of ``service`` may be run again after a transient fault."""
     def hard_time_limit_for(self, service: str) -> float:
         """Celery's hard time limit of a service's jobs: the time limit plus its grace (0 = none)."""
         soft = self.time_limit_for(service)
@@ -234,6 +232,8 @@ class Settings:
                 grace = float(seconds)
         return soft + grace
 
+    def max_retries_for(self, service: str) -> int:
+        """How many times a job of ``service`` may be run again after a transient fault."""
         for item in self.retries:
             name, _, count = item.partition("=")
             if name.strip() == service:
@@ -318,10 +318,10 @@ _CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("annotation_storage_url", lambda v: v == "" or ("{ann_doc_id}" in v and v.startswith(("http://", "https://"))),
      "an http(s) URL containing {ann_doc_id}"),
     ("time_limits", lambda v: all(_time_limit_item(i) for i in v), "service=seconds items, seconds > 0"),
-    ("retries", lambda v: all(_time_limit_item(i.replace("=0", "=0.5")) and i.split("=")[1].strip().isdigit()
-                              for i in v), "service=count items"),
     ("time_limit_grace_s", lambda v: v > 0, "a number > 0"),
     ("time_limit_graces", lambda v: all(_time_limit_item(i) for i in v), "service=seconds items, seconds > 0"),
+    ("retries", lambda v: all(_time_limit_item(i.replace("=0", "=0.5")) and i.split("=")[1].strip().isdigit()
+                              for i in v), "service=count items"),
     ("job_lease_s", lambda v: v >= 2, "a number >= 2"),
     ("progress_interval_s", lambda v: v > 0, "a number > 0"),
     ("webhook_progress_interval_s", lambda v: v > 0, "a number > 0"),

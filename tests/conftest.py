@@ -155,6 +155,7 @@ def _base_env(work: Path, media: Path, annotation_store: AnnotationStore) -> dic
         "SG_STATE_WRITE_RETRY_S": "90",
         "SG_WORKER_METRICS_PORT": str(free_port()),
         "SG_SSE_MAX_S": "4",                      # streams end and resume often: the tests see both
+        "SG_STATUS_CACHE_S": "1",                 # a forgotten result shows as EXPIRED within a second
     })
     return env
 
@@ -177,7 +178,6 @@ def stack(request, tmp_path_factory, media, annotation_store):
             "SG_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
             "SG_RESULT_BACKEND": "redis://127.0.0.1:6379/1",
             "SG_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{database}",
-        "SG_STATUS_CACHE_S": "1",                 # a forgotten result shows as EXPIRED within a second
         })
     running = Stack(backend, env, work)
     try:
