@@ -299,7 +299,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     params, misc = _params(args.param, "--param"), _params(args.misc, "--misc")
     api = _api(args)
     job = api.submit(args.service, args.doc_url, params=params, misc=misc, callback_url=args.callback_url,
-                     ann_doc_id=args.ann_doc_id, idempotency_key=args.idempotency_key)
+                     callback_progress=args.callback_progress, ann_doc_id=args.ann_doc_id,
+                     idempotency_key=args.idempotency_key)
     if args.wait:
         if not args.json:
             print(f"submitted {job.uuid}", file=sys.stderr)
@@ -468,6 +469,8 @@ def _add_client_commands(sub, jsub) -> None:
                         help="a service parameter, e.g. preset=mp4-720p or height=480 (repeatable)")
     submit.add_argument("--misc", action="append", metavar="KEY=VALUE", help="a free-form value kept with the job")
     submit.add_argument("--callback-url", help="URL that receives the final status (webhook)")
+    submit.add_argument("--callback-progress", action="store_true",
+                        help="also send throttled, signed progress deliveries to --callback-url (docs/webhooks.md)")
     submit.add_argument("--ann-doc-id", help="annotation document the result is posted to")
     submit.add_argument("--idempotency-key", metavar="KEY",
                         help="repeat-safe submit: the same key and request give the same job (default: a new UUID)")

@@ -478,3 +478,42 @@ def test_sg_submit_pipeline_wait_one_bar_to_100_and_each_steps_result(stack, med
     assert video_of(tmp_path / "here" / "transcoded.mp4")[0]["height"] == 360
     assert all((tmp_path / "here" / o["name"]).stat().st_size == o["size"] for o in steps["thumbs"]["outputs"])
     assert stack.request("GET", f"/jobs/{job_id}", sub="root", admin=True).json()["service"] == "cli-three"
+
+
+def test_sg_submit_callback_progress_asks_the_gateway_for_progress_deliveries(tmp_path):
+    """`sg submit --callback-progress` sends callback_progress=true with the callback_url (a recording gateway)."""
+    import http.server
+    import json
+    import threading
+
+    bodies: list[dict] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            bodies.append({"path": self.path, **json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
+            payload = json.dumps({"uuid": UNKNOWN}).encode()
+            self.send_response(202)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SG_URL": f"http://127.0.0.1:{server.server_port}",
+               "SG_TOKEN": "a-token"}
+        argv = [str(BIN / "sg"), "submit", "transcode", "--doc-url", "https://media.example/a.mp4", "--json",
+                "--callback-url", "https://hooks.example/sg"]
+        plain = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        opted = subprocess.run([*argv, "--callback-progress"], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert plain.returncode == 0 and opted.returncode == 0, (plain.stderr, opted.stderr)
+    assert [b["path"] for b in bodies] == ["/transcode/process"] * 2
+    assert not bodies[0].get("callback_progress")
+    assert bodies[1]["callback_progress"] is True and bodies[1]["callback_url"] == "https://hooks.example/sg"
