@@ -14,15 +14,17 @@ class URLRefused(ValueError):
     """Raised when a URL may not be fetched; the message says why, without echoing secrets."""
 
 
-def check_doc_url(url: str, *, file_roots: list[str], allow_private: bool, resolve: bool = False) -> str:
+def check_doc_url(url: str, *, file_roots: list[str], allow_private: bool) -> str:
     """Return the URL's kind ("http" or "file") when it may be fetched.
+
+    No DNS here (submit never waits on it): literal addresses and loopback names are checked; a
+    host name is resolved and its addresses checked when a connection is made to it, once, by
+    :func:`resolve_checked` (:mod:`service_gateway.pinned_http` connects to those very addresses).
 
     Args:
         url: the untrusted document URL.
         file_roots: directories under which file:// paths are allowed.
         allow_private: allow loopback/private/link-local hosts.
-        resolve: also resolve the host name and check every address (the worker does; the
-            gateway only checks literal addresses so that submit never waits on DNS).
 
     Raises:
         URLRefused: the URL is malformed, of another scheme, outside the roots or private.
@@ -46,21 +48,19 @@ def check_doc_url(url: str, *, file_roots: list[str], allow_private: bool, resol
     if parts.username or parts.password:
         raise URLRefused("credentials in the URL are not accepted")
     if not allow_private:
-        check_host(host, resolve=resolve)
+        check_host(host)
     return "http"
 
 
-def check_host(host: str, *, resolve: bool) -> None:
-    """Refuse hosts that are, or resolve to, non-public addresses."""
+def check_host(host: str) -> None:
+    """Refuse loopback names and literal non-public addresses (names are checked once resolved)."""
     if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
         raise URLRefused("loopback hosts are not allowed (SG_ALLOW_PRIVATE_URLS is false)")
     try:
-        addresses = [ipaddress.ip_address(host)]
+        address = ipaddress.ip_address(host)
     except ValueError:
-        if not resolve:
-            return
-        addresses = _resolve(host)
-    _check_addresses(host, addresses)
+        return
+    _check_addresses(host, [address])
 
 
 def resolve_checked(host: str, *, allow_private: bool) -> list[str]:
@@ -73,7 +73,7 @@ def resolve_checked(host: str, *, allow_private: bool) -> list[str]:
         URLRefused: the host does not resolve, or one of its addresses is not public.
     """
     if not allow_private:
-        check_host(host, resolve=False)           # the loopback names, before any lookup
+        check_host(host)                          # the loopback names, before any lookup
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:

@@ -59,7 +59,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"v1={mac}"
 
 
-def check_callback_url(url: str, allow_private: bool, resolve: bool = False) -> None:
+def check_callback_url(url: str, allow_private: bool) -> None:
     """The same safety rules as doc_url: http(s) only, no private addresses unless allowed.
 
     Raises:
@@ -67,7 +67,7 @@ def check_callback_url(url: str, allow_private: bool, resolve: bool = False) -> 
     """
     if not url.lower().startswith(("http://", "https://")):
         raise URLRefused("must be an http or https URL")
-    check_doc_url(url, file_roots=[], allow_private=allow_private, resolve=resolve)
+    check_doc_url(url, file_roots=[], allow_private=allow_private)
 
 
 def deliveries(store: JobStore, job_uuid: str) -> list[Delivery]:
@@ -91,9 +91,10 @@ def deliver(store: JobStore | None, settings, job_uuid: str, url: str, body: dic
     started = time.monotonic()
     status_code, error = None, None
     try:
-        check_callback_url(url, settings.allow_private_urls, resolve=True)   # re-checked: DNS may have changed
+        check_callback_url(url, settings.allow_private_urls)   # re-checked: the settings may have changed
         from .pinned_http import pinned_session
-        session, _ = pinned_session(settings.allow_private_urls)   # connects to the address it checked
+        # Resolves the host now, checks its addresses and connects to them (DNS may have changed).
+        session, _ = pinned_session(settings.allow_private_urls)
         with session:
             answer = session.post(url, data=payload, headers=headers, allow_redirects=False,
                                   timeout=(settings.webhook_timeout_s, settings.webhook_timeout_s))

@@ -197,18 +197,34 @@ class Recorder:
         self.server.server_close()
 
 
-def test_a_name_that_resolves_public_at_check_time_and_private_later_is_never_connected_to(tmp_path, monkeypatch):
-    # Given a host name whose first answer is public and every later one the loopback server's
+def test_a_name_is_resolved_once_per_connection_and_only_the_checked_address_is_connected_to(tmp_path, monkeypatch):
+    # Given a host name whose answers change (DNS rebinding): public first, the loopback server's after
+    import urllib3.util.connection
+
     recorder = Recorder()
+    attempts: list[tuple[str, int]] = []
+
+    def create_connection(address, *args, **kwargs):     # records the target; sends nothing anywhere
+        attempts.append(address)
+        raise ConnectionRefusedError("refused by the test")
     try:
+        monkeypatch.setattr(urllib3.util.connection, "create_connection", create_connection)
         resolver = Resolver(monkeypatch, "media.example.org", "93.184.216.34", "127.0.0.1")
         settings = load_settings({"data_dir": str(tmp_path)})          # private addresses refused
-        # When a job downloads from it (the check passes on the first answer)
+        # When a job downloads from it
+        with pytest.raises(JobError) as failed:
+            fetch(f"http://media.example.org:{recorder.port}/clip.mp4", tmp_path, settings)
+        # Then the name was looked up once, and the connection went to that checked address only
+        assert failed.value.code == 301 and failed.value.transient
+        assert resolver.asked == 1 and attempts == [("93.184.216.34", recorder.port)] and recorder.hosts == []
+
+        # And when the one lookup answers a private address, nothing is connected to at all
+        attempts.clear()
+        Resolver(monkeypatch, "media.example.org", "127.0.0.1", "93.184.216.34")
         with pytest.raises(JobError) as refused:
             fetch(f"http://media.example.org:{recorder.port}/clip.mp4", tmp_path, settings)
-        # Then the connection's own resolution is checked too: refused, and nothing reached loopback
         assert refused.value.code == 207 and "private" in refused.value.message
-        assert resolver.asked == 2 and recorder.hosts == []
+        assert attempts == [] and recorder.hosts == []
     finally:
         recorder.close()
 

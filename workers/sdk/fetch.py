@@ -28,8 +28,8 @@ def fetch(url: str, dest_dir: Path, settings: Settings, check_cancelled=lambda: 
         JobError: 207 when the URL is refused, 301 when the download fails.
     """
     try:
-        kind = check_doc_url(url, file_roots=settings.file_roots,
-                             allow_private=settings.allow_private_urls, resolve=True)
+        # No DNS lookup here: the pinned session resolves and checks the host when it connects.
+        kind = check_doc_url(url, file_roots=settings.file_roots, allow_private=settings.allow_private_urls)
         if kind == "file":
             path = local_path(url, settings.file_roots)
             if not path.is_file():
@@ -76,8 +76,7 @@ def _download(url: str, dest_dir: Path, settings: Settings, check_cancelled) -> 
                 if response.is_redirect:
                     current = urljoin(current, response.headers.get("Location", ""))
                     try:
-                        check_doc_url(current, file_roots=[], allow_private=settings.allow_private_urls,
-                                      resolve=True)
+                        check_doc_url(current, file_roots=[], allow_private=settings.allow_private_urls)
                     except URLRefused as exc:
                         raise JobError(207, f"redirect refused: {exc}") from None
                     continue
